@@ -1,0 +1,109 @@
+"""All Prometheus metrics, defined once on an injected registry (one per app, one per test).
+
+Labels are bounded: tenant, outcome, reason, operation, backend, direction, service, kind — never a
+user, session or message. Buckets span conversational latency, 5 ms … 10 s.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from gateway import __version__
+
+LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.35,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.sessions_active = Gauge("gateway_sessions_active", "Live sessions", ["tenant"], registry=r)
+        self.sessions_total = Counter(
+            "gateway_sessions_total", "Ended sessions by outcome", ["tenant", "outcome"], registry=r
+        )
+        self.rejections_total = Counter(
+            "gateway_rejections_total", "Refused connections and requests", ["tenant", "reason"], registry=r
+        )
+        self.greeting_seconds = Histogram(
+            "gateway_greeting_seconds",
+            "WebSocket accept to greeting written to the socket",
+            ["tenant", "memories"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.memory_seconds = Histogram(
+            "gateway_memory_seconds",
+            "Memory backend call latency",
+            ["tenant", "operation", "backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.memory_errors_total = Counter(
+            "gateway_memory_errors_total",
+            "Failed or timed-out memory calls",
+            ["tenant", "operation"],
+            registry=r,
+        )
+        self.memory_pending_writes = Gauge(
+            "gateway_memory_pending_writes", "Queued memory writes", ["tenant"], registry=r
+        )
+        self.ttfb_seconds = Histogram(
+            "gateway_ttfb_seconds",
+            "Pipecat time to first byte per service",
+            ["tenant", "service"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.user_bot_latency_seconds = Histogram(
+            "gateway_user_bot_latency_seconds",
+            "User turn end to first bot output",
+            ["tenant"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.llm_tokens_total = Counter(
+            "gateway_llm_tokens_total", "LLM tokens by kind", ["tenant", "kind"], registry=r
+        )
+        self.ws_messages_total = Counter(
+            "gateway_ws_messages_total", "WebSocket messages", ["tenant", "direction"], registry=r
+        )
+        self.build_info = Gauge("gateway_build_info", "Versions", ["version", "pipecat", "mem0"], registry=r)
+        self.build_info.labels(__version__, _version("pipecat-ai"), _version("mem0ai")).set(1)
+
+    # memory.backends.MemoryObserver
+    def memory_call(self, tenant: str, operation: str, backend: str, seconds: float, ok: bool) -> None:
+        self.memory_seconds.labels(tenant, operation, backend).observe(seconds)
+        if not ok:
+            self.memory_errors_total.labels(tenant, operation).inc()
+
+    def pending_writes(self, tenant: str, delta: int) -> None:
+        self.memory_pending_writes.labels(tenant).inc(delta)
+
+    def reject(self, tenant: str | None, reason: str) -> None:
+        self.rejections_total.labels(tenant or "unknown", reason).inc()

@@ -1,0 +1,256 @@
+"""One WebSocket connection = one Session = one Pipecat pipeline worker.
+
+The session owns its pipeline from accept to close: it builds the processors (cheap, shared parts are
+passed in), greets the caller, runs until the client leaves or the server drains, stores what is left
+to store, and reports its outcome. ``close()`` is idempotent and used by every teardown path.
+
+Pipeline (text mode)::
+
+    transport.input ─▶ [RTVI, added by the worker] ─▶ user aggregator ─▶ GatewayMemoryService
+        ─▶ LLM ─▶ TextOnlyOutput ─▶ LLMTextProcessor ─▶ transport.output ─▶ assistant aggregator
+
+``LLMTextProcessor`` turns LLM tokens into sentence-sized ``AggregatedTextFrame``s; with ``skip_tts``
+set (text mode) RTVI then emits ``bot-output`` for them, which is what web clients display.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Any
+
+from aiohttp import WSCloseCode, web
+from openai import DefaultAsyncHttpxClient
+from pipecat.frames.frames import LLMFullResponseEndFrame, LLMFullResponseStartFrame, LLMTextFrame
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
+    LLMContextAggregatorPair,
+    LLMUserAggregatorParams,
+)
+from pipecat.processors.aggregators.llm_text_processor import LLMTextProcessor
+from pipecat.services.mem0.memory import Mem0MemoryService
+from pipecat.turns.user_start.transcription_user_turn_start_strategy import TranscriptionUserTurnStartStrategy
+from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import SpeechTimeoutUserTurnStopStrategy
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+from pipecat.workers.runner import WorkerRunner
+
+from gateway import greeting as greetings
+from gateway.llm import LLMNotConfigured, TextOnlyOutput, create_llm, resolve_endpoint
+from gateway.logging import get_logger
+from gateway.metrics import GatewayMetrics
+from gateway.serializers import create_serializer
+from gateway.settings import Settings
+from gateway.tenants import TenantConfig
+from gateway.tokens import SessionClaims
+from gateway.transport import AiohttpWebsocketParams, AiohttpWebsocketTransport
+from memory.backends import TenantMemory
+from memory.scope import MemoryScope
+from memory.service import GatewayMemoryService
+
+log = get_logger(__name__)
+
+# Written after the greeting's whole text went out as bot-llm-text (what Pipecat's Python RTVI client
+# reads); the sentence-wise bot-output messages (what web clients display) follow within the same turn.
+_GREETING_WRITTEN = frozenset({"bot-llm-stopped"})
+
+
+@dataclass(frozen=True)
+class SessionDeps:
+    """Per-process objects every session uses (built once, passed in)."""
+
+    settings: Settings
+    metrics: GatewayMetrics
+    http_client: DefaultAsyncHttpxClient
+
+
+def _outcome(close_code: int | None, failed: bool) -> str:
+    if failed or close_code == WSCloseCode.INTERNAL_ERROR:
+        return "error"
+    if close_code == WSCloseCode.GOING_AWAY:
+        return "shutdown"
+    if close_code in (1007, 1009, WSCloseCode.POLICY_VIOLATION):
+        return "client_error"
+    return "completed"
+
+
+class Session:
+    def __init__(
+        self,
+        *,
+        ws: web.WebSocketResponse,
+        claims: SessionClaims,
+        tenant: TenantConfig,
+        backend: TenantMemory,
+        deps: SessionDeps,
+        serializer: str,
+        prefetch: asyncio.Task[Any] | None,
+        accepted_at: float,
+    ) -> None:
+        self.id = claims.session_id
+        self.tenant = tenant
+        self._deps = deps
+        self._backend = backend
+        self._prefetch = prefetch
+        self._accepted_at = accepted_at
+        self._greeting: greetings.Greeting | None = None
+        self._greeting_queued = False
+        self._greeted = asyncio.Event()
+        self._closed = False
+        self._serializer = serializer
+        self.scope = MemoryScope(claims.tenant, claims.user_id, claims.agent_id, claims.run_id)
+
+        metrics = deps.metrics
+        name = tenant.name
+        ws_in = metrics.ws_messages_total.labels(name, "in")
+        ws_out = metrics.ws_messages_total.labels(name, "out")
+        bad_frames = metrics.rejections_total.labels(name, "undecodable_frame")
+        settings = deps.settings
+
+        self.transport = AiohttpWebsocketTransport(
+            ws,
+            AiohttpWebsocketParams(
+                serializer=create_serializer(serializer), max_bad_frames=settings.max_bad_frames
+            ),
+            count_in=ws_in.inc,
+            count_out=ws_out.inc,
+            on_bad_frame=bad_frames.inc,
+            on_protocol_error=self._on_protocol_error,
+            on_message=self._on_message_sent,
+        )
+        self.context = LLMContext()
+        # Text mode needs no turn model; the default stop strategy would build an ONNX session per
+        # aggregator (≈45 ms, PITFALLS.md).
+        turn_strategies = UserTurnStrategies(
+            start=[TranscriptionUserTurnStartStrategy()], stop=[SpeechTimeoutUserTurnStopStrategy()]
+        )
+        aggregators = LLMContextAggregatorPair(
+            self.context, user_params=LLMUserAggregatorParams(user_turn_strategies=turn_strategies)
+        )
+        mem = tenant.memory
+        self.memory = GatewayMemoryService(
+            backend=backend,
+            scope=self.scope,
+            params=Mem0MemoryService.InputParams(**mem.params.model_dump()),
+            search_timeout=mem.search_timeout_secs,
+        )
+        endpoint = resolve_endpoint(tenant, settings)
+        llm = (
+            create_llm(endpoint, tenant.system_prompt, deps.http_client)
+            if endpoint is not None
+            else LLMNotConfigured()
+        )
+        pipeline = Pipeline(
+            [
+                self.transport.input(),
+                aggregators.user(),
+                self.memory,
+                llm,
+                TextOnlyOutput(),
+                LLMTextProcessor(),
+                self.transport.output(),
+                aggregators.assistant(),
+            ]
+        )
+        self.worker = PipelineWorker(
+            pipeline,
+            params=PipelineParams(enable_metrics=True, enable_usage_metrics=True),
+            idle_timeout_secs=None,
+            check_dangling_tasks=False,
+            conversation_id=self.id,
+        )
+        self.runner = WorkerRunner(handle_sigint=False, check_dangling_tasks=False)
+
+        self.transport.add_event_handler("on_client_connected", self._on_client_connected)
+        self.transport.add_event_handler("on_client_disconnected", self._on_client_disconnected)
+
+    async def _on_client_connected(self, _transport: Any, _ws: Any) -> None:
+        self.worker.create_task(self._greet(), name="greeting")
+
+    async def _on_client_disconnected(self, _transport: Any, _ws: Any) -> None:
+        await self.worker.cancel(reason="client disconnected")
+
+    async def _greet(self) -> None:
+        settings = self.tenant.greeting
+        deadline = self._accepted_at + (settings.deadline_secs or self._deps.settings.greeting_deadline_secs)
+        prefetch = self._prefetch or greetings.start_prefetch(self._backend, self.scope, settings)
+        self._greeting = greeting = await greetings.collect(prefetch, settings, deadline)
+        self.memory.exclude_from_storage(greeting.text)
+        self._greeting_queued = True
+        await self.worker.queue_frames(
+            [LLMFullResponseStartFrame(), LLMTextFrame(greeting.text), LLMFullResponseEndFrame()]
+        )
+
+    def _on_protocol_error(self, code: int) -> None:
+        reason = "message_too_big" if code == WSCloseCode.MESSAGE_TOO_BIG else "protocol_error"
+        self._deps.metrics.reject(self.tenant.name, reason)
+        log.info("ws.rejected", reason=reason, close_code=code)
+
+    def _on_message_sent(self, message: dict[str, Any]) -> None:
+        if self._greeting_queued and not self._greeted.is_set() and message.get("type") in _GREETING_WRITTEN:
+            self._greeted.set()
+            greeting = self._greeting
+            elapsed = asyncio.get_running_loop().time() - self._accepted_at
+            outcome = greeting.outcome if greeting else "fallback"
+            self._deps.metrics.greeting_seconds.labels(self.tenant.name, outcome).observe(elapsed)
+            log.info(
+                "session.greeted",
+                seconds=round(elapsed, 4),
+                memories=greeting.memories if greeting else 0,
+                outcome=outcome,
+            )
+
+    async def wait_greeted(self) -> None:
+        await self._greeted.wait()
+
+    async def run(self) -> str:
+        """Run the pipeline until the connection ends; returns the outcome label."""
+        metrics = self._deps.metrics
+        name = self.tenant.name
+        started = perf_counter()
+        metrics.sessions_active.labels(name).inc()
+        log.info("session.start", serializer=self._serializer)
+        failed = False
+        try:
+            await self.runner.add_workers(self.worker)
+            await self.runner.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            failed = True
+            log.exception("session.failed")
+            await self.transport.client.close(WSCloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            await self._finish()
+            metrics.sessions_active.labels(name).dec()
+        outcome = _outcome(self.transport.client.close_code, failed)
+        metrics.sessions_total.labels(name, outcome).inc()
+        log.info(
+            "session.end",
+            outcome=outcome,
+            seconds=round(perf_counter() - started, 3),
+            close_code=self.transport.client.close_code,
+        )
+        return outcome
+
+    async def _finish(self) -> None:
+        """Store the last turn's reply and wait (bounded) for this session's memory writes."""
+        if self._prefetch is not None and not self._prefetch.done():
+            self._prefetch.cancel()
+        try:
+            await self.memory.store_final(self.context)
+            if not await self.memory.flush(self._deps.settings.shutdown_grace_secs):
+                log.warning("session.writes_pending")
+        except Exception:
+            log.exception("session.store_failed")
+        await self.transport.client.close(WSCloseCode.OK, "session ended")
+
+    async def close(self, code: int = WSCloseCode.GOING_AWAY, reason: str = "server shutting down") -> None:
+        """Close the socket with ``code`` and stop the pipeline; safe to call from any path, repeatedly."""
+        if self._closed:
+            return
+        self._closed = True
+        await self.transport.client.close(code, reason)
+        await self.worker.cancel(reason=reason)

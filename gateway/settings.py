@@ -1,0 +1,49 @@
+"""Process settings: environment variables prefixed ``GATEWAY_`` (tenants live in their own file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    public_url: str | None = Field(
+        default=None, description="Base URL clients reach us at (for wsUrl); default: the request's host"
+    )
+    data_dir: Path = Field(default=Path.home() / ".memory-gateway")
+    tenants_file: Path | None = Field(default=None, description="default: <data_dir>/tenants.yaml")
+    database_url: str | None = Field(
+        default=None, description="PostgreSQL with pgvector; unset = embedded server under data_dir"
+    )
+    token_secret: SecretStr | None = Field(default=None, description="unset = generated, kept in data_dir")
+    token_ttl_secs: float = Field(default=60.0, gt=0, le=3600)
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "INFO"
+
+    # Default LLM for tenants that name none.
+    llm_base_url: str | None = None
+    llm_model: str = "gpt-4.1-mini"
+    llm_api_key_env: str = "OPENAI_API_KEY"
+    llm_timeout_secs: float = Field(default=30.0, gt=0)
+    local_llm: bool = Field(default=False, description="run SmolLM2 via llama.cpp (extra local-llm)")
+
+    max_message_bytes: int = Field(default=256 * 1024, ge=1024)
+    max_bad_frames: int = Field(default=5, ge=1, description="undecodable frames before close 1007")
+    greeting_deadline_secs: float = Field(default=1.0, gt=0, le=30)
+    prefetch_ttl_secs: float = Field(default=120.0, gt=0)
+    memory_workers: int = Field(default=8, ge=1, le=256)
+    memory_call_timeout_secs: float = Field(default=10.0, gt=0)
+    memory_pool_size: int = Field(default=4, ge=1)
+    shutdown_grace_secs: float = Field(default=10.0, ge=0)
+    heartbeat_secs: float = Field(default=20.0, gt=0)
+
+    @property
+    def resolved_tenants_file(self) -> Path:
+        return self.tenants_file or self.data_dir / "tenants.yaml"

@@ -1,0 +1,159 @@
+"""Tenants: who may open sessions, with which keys, bot, LLM and memory settings.
+
+Loaded from a YAML or TOML file and validated with pydantic; an invalid file fails start-up with a
+message naming the tenant and field. API keys are random 256-bit strings, so a single SHA-256 is a
+sound verifier (no password stretching needed); only ``sha256:<hex>`` hashes are ever stored, and a
+presented key is compared against every stored hash in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from memory.config import MemorySettings
+
+KEY_PREFIX = "mgw_"
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,47}$"
+
+
+class TenantFileError(ValueError):
+    pass
+
+
+def hash_key(key: str) -> str:
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+class LLMSettings(BaseModel):
+    """An OpenAI-compatible chat endpoint (OpenAI, Ollama, vLLM, llama.cpp server, …)."""
+
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = Field(default=None, description="name of the env var holding the key")
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
+class GreetingSettings(BaseModel):
+    max_memories: int = Field(default=3, ge=0, le=10)
+    deadline_secs: float | None = Field(default=None, gt=0, le=30, description="default: process setting")
+    known: str = "Welcome back! Here is what I remember: {facts}. What would you like to talk about?"
+    new: str = "Hello! It's nice to meet you. How can I help you today?"
+
+
+class TenantConfig(BaseModel):
+    name: str = Field(pattern=NAME_PATTERN)
+    api_keys: list[str] = Field(default_factory=list, description="sha256:<hex> hashes of the tenant's keys")
+    status: Literal["active", "disabled"] = "active"
+    max_sessions: int = Field(default=100, ge=1)
+    system_prompt: str = (
+        "You are a friendly, concise assistant with long-term memory of this user. "
+        "Use what you remember when it helps; keep answers short."
+    )
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
+    greeting: GreetingSettings = Field(default_factory=GreetingSettings)
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+
+class TenantsFile(BaseModel):
+    tenants: list[TenantConfig] = Field(default_factory=list)
+
+
+def _describe(error: ValidationError, raw: dict[str, Any]) -> str:
+    lines = []
+    tenants = raw.get("tenants") if isinstance(raw, dict) else None
+    for err in error.errors():
+        loc = list(err["loc"])
+        where = ".".join(str(p) for p in loc)
+        if len(loc) >= 2 and loc[0] == "tenants" and isinstance(loc[1], int) and isinstance(tenants, list):
+            entry = tenants[loc[1]] if loc[1] < len(tenants) else {}
+            name = entry.get("name", f"#{loc[1]}") if isinstance(entry, dict) else f"#{loc[1]}"
+            where = f"tenant {name!r} field {'.'.join(str(p) for p in loc[2:]) or '(entry)'}"
+        lines.append(f"{where}: {err['msg']}")
+    return "; ".join(lines)
+
+
+class TenantRegistry:
+    """The tenants currently in force, by name and by key."""
+
+    def __init__(self, tenants: list[TenantConfig], path: Path | None = None) -> None:
+        names = [t.name for t in tenants]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise TenantFileError(f"duplicate tenant names: {', '.join(duplicates)}")
+        self._tenants = {t.name: t for t in tenants}
+        self.path = path
+
+    @classmethod
+    def load(cls, path: Path) -> TenantRegistry:
+        text = path.read_text(encoding="utf-8")
+        try:
+            raw = tomllib.loads(text) if path.suffix == ".toml" else (yaml.safe_load(text) or {})
+        except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+            raise TenantFileError(f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {e}") from e
+        try:
+            parsed = TenantsFile.model_validate(raw)
+        except ValidationError as e:
+            raise TenantFileError(f"{path}: {_describe(e, raw)}") from e
+        return cls(parsed.tenants, path)
+
+    def save(self, path: Path | None = None) -> None:
+        target = path or self.path
+        if target is None:
+            raise TenantFileError("no tenants file path")
+        data = TenantsFile(tenants=list(self._tenants.values())).model_dump(
+            mode="json", exclude_defaults=False
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(target.suffix + ".tmp")
+        if target.suffix == ".toml":
+            raise TenantFileError("writing TOML tenant files is not supported; use YAML")
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        tmp.chmod(0o600)
+        tmp.replace(target)
+
+    def __iter__(self) -> Any:
+        return iter(self._tenants.values())
+
+    def __len__(self) -> int:
+        return len(self._tenants)
+
+    def get(self, name: str) -> TenantConfig | None:
+        return self._tenants.get(name)
+
+    def authenticate(self, key: str | None) -> TenantConfig | None:
+        """The tenant owning ``key``, or None; every stored hash is compared, in constant time each."""
+        if not key:
+            return None
+        presented = hash_key(key)
+        found: TenantConfig | None = None
+        for tenant in self._tenants.values():
+            for stored in tenant.api_keys:
+                if hmac.compare_digest(presented, stored):
+                    found = tenant
+        return found
+
+    def add(self, name: str, **fields: Any) -> tuple[TenantConfig, str]:
+        """Create a tenant with a fresh key; the key is returned once and only its hash is kept."""
+        if name in self._tenants:
+            raise TenantFileError(f"tenant {name!r} already exists")
+        key = new_key()
+        tenant = TenantConfig(name=name, api_keys=[hash_key(key)], **fields)
+        self._tenants[name] = tenant
+        return tenant, key

@@ -1,0 +1,124 @@
+"""Session tokens: short-lived, single-use, signed, bound to tenant + IDs + session.
+
+``/start`` mints one per session; the WebSocket upgrade presents it. They are JWTs (HS256, PyJWT) so
+any replica holding the secret can verify them; the algorithm is pinned, so ``alg=none`` and
+algorithm-confusion tokens are refused. Single use is enforced by remembering each token's ``jti``
+until it expires (per process; scale-out needs a shared replay store).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+
+ALGORITHM = "HS256"
+ISSUER = "memory-gateway"
+AUDIENCE = "memory-gateway/ws"
+
+
+class TokenError(Exception):
+    """The token is malformed, forged, expired or already used."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClaims:
+    tenant: str
+    session_id: str
+    user_id: str | None
+    agent_id: str | None
+    run_id: str | None
+    serializer: str | None
+    expires_at: float
+
+
+def load_or_create_secret(data_dir: Path) -> str:
+    path = data_dir / "token_secret"
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    path.write_text(secret, encoding="utf-8")
+    path.chmod(0o600)
+    return secret
+
+
+class SessionTokens:
+    def __init__(self, secret: str, ttl_secs: float = 60.0, clock: Callable[[], float] = time.time) -> None:
+        if len(secret) < 32:
+            raise ValueError("token secret must be at least 32 characters")
+        self._secret = secret
+        self._ttl = ttl_secs
+        self._clock = clock
+        self._used: dict[str, float] = {}
+
+    def issue(
+        self,
+        *,
+        tenant: str,
+        user_id: str | None,
+        agent_id: str | None,
+        run_id: str | None,
+        serializer: str | None = None,
+        session_id: str | None = None,
+    ) -> tuple[str, SessionClaims]:
+        now = self._clock()
+        sid = session_id or uuid.uuid4().hex
+        claims = SessionClaims(tenant, sid, user_id, agent_id, run_id, serializer, now + self._ttl)
+        payload = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "iat": int(now),
+            "exp": now + self._ttl,
+            "jti": sid,
+            "ten": tenant,
+            "uid": user_id,
+            "aid": agent_id,
+            "rid": run_id,
+            "ser": serializer,
+        }
+        return jwt.encode(payload, self._secret, algorithm=ALGORITHM), claims
+
+    def verify(self, token: str) -> SessionClaims:
+        """Check signature, expiry and single use; consumes the token."""
+        try:
+            payload = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                audience=AUDIENCE,
+                issuer=ISSUER,
+                options={"require": ["exp", "iat", "jti", "iss", "aud"]},
+                leeway=0,
+            )
+        except jwt.PyJWTError as e:
+            raise TokenError(type(e).__name__) from e
+        now = self._clock()
+        if float(payload["exp"]) <= now:
+            raise TokenError("ExpiredSignatureError")
+        jti = str(payload["jti"])
+        self._prune(now)
+        if jti in self._used:
+            raise TokenError("replayed")
+        self._used[jti] = float(payload["exp"])
+        tenant = payload.get("ten")
+        if not isinstance(tenant, str) or not tenant:
+            raise TokenError("no tenant")
+        return SessionClaims(
+            tenant=tenant,
+            session_id=jti,
+            user_id=payload.get("uid"),
+            agent_id=payload.get("aid"),
+            run_id=payload.get("rid"),
+            serializer=payload.get("ser"),
+            expires_at=float(payload["exp"]),
+        )
+
+    def _prune(self, now: float) -> None:
+        if len(self._used) > 1024:
+            self._used = {k: exp for k, exp in self._used.items() if exp > now}

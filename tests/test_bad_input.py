@@ -1,0 +1,104 @@
+"""Bad input gets a clear, documented answer and costs the session nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+
+from tests.clients import WireClient
+from tests.conftest import GatewayFactory, RunningGateway
+
+
+async def test_start_without_any_id_is_400_with_a_json_error(gateway: RunningGateway) -> None:
+    resp = await gateway.start()
+    assert resp.status == 400
+    assert "user_id" in (await resp.json())["error"]
+    assert gateway.sample("gateway_rejections_total", tenant=gateway.tenant, reason="bad_request") == 1
+
+
+async def test_start_with_malformed_json_is_400(gateway: RunningGateway) -> None:
+    headers = {"Authorization": f"Bearer {gateway.keys[gateway.tenant]}", "Content-Type": "application/json"}
+    resp = await gateway.http.post(f"{gateway.url}/start", data=b"{not json", headers=headers)
+    assert resp.status == 400
+    assert (await resp.json()) == {"error": "body is not valid JSON"}
+
+
+async def test_start_with_unknown_key_is_401(gateway: RunningGateway) -> None:
+    resp = await gateway.start(key="mgw_not-a-real-key", user_id="u1")
+    assert resp.status == 401
+    assert gateway.sample("gateway_rejections_total", tenant="unknown", reason="unauthorized") == 1
+
+
+async def _close_code(gateway: RunningGateway, url: str) -> int | None:
+    ws = await gateway.http.ws_connect(url)
+    msg = await ws.receive(timeout=5)
+    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    return ws.close_code
+
+
+async def test_garbage_token_is_closed_with_4001(gateway: RunningGateway) -> None:
+    assert await _close_code(gateway, f"{gateway.url}/ws-client/not.a.token") == 4001
+    assert await _close_code(gateway, f"{gateway.url}/ws?token=") == 4001
+    assert gateway.sample("gateway_rejections_total", tenant="unknown", reason="bad_token") == 2
+
+
+async def test_reused_token_is_closed_with_4001(gateway: RunningGateway) -> None:
+    resp = await gateway.start(user_id="u1", serializer="rtvi")
+    url = (await resp.json())["wsUrl"]
+    first = WireClient(await gateway.http.ws_connect(url))
+    await first.bot_turn()
+    assert await _close_code(gateway, url) == 4001
+    await first.ws.close()
+
+
+async def test_expired_token_is_closed_with_4001(make_gateway: GatewayFactory) -> None:
+    gateway = await make_gateway(token_ttl_secs=0.2)
+    resp = await gateway.start(user_id="u1")
+    url = (await resp.json())["wsUrl"]
+    await asyncio.sleep(0.4)
+    assert await _close_code(gateway, url) == 4001
+
+
+async def test_oversized_message_is_closed_with_1009(make_gateway: GatewayFactory) -> None:
+    gateway = await make_gateway(max_message_bytes=2048)
+    client = await gateway.connect(user_id="u1")
+    await client.bot_turn()
+    await client.ws.send_str("x" * 4096)
+    assert await client.closed() == 1009
+    await gateway.settle()
+    assert gateway.sample("gateway_sessions_total", tenant=gateway.tenant, outcome="client_error") == 1
+    assert gateway.sample("gateway_rejections_total", tenant=gateway.tenant, reason="message_too_big") == 1
+
+
+@pytest.mark.parametrize(
+    ("serializer", "garbage"),
+    [("rtvi", "{not json"), ("rtvi", json.dumps({"hello": "world"})), ("protobuf", b"\xff\xfe\x00garbage")],
+)
+async def test_garbage_frame_gets_an_rtvi_error_and_the_session_survives(
+    gateway: RunningGateway, serializer: str, garbage: str | bytes
+) -> None:
+    client = await gateway.connect(serializer=serializer, user_id="u1")
+    await client.bot_turn()
+    if isinstance(garbage, bytes):
+        await client.ws.send_bytes(garbage)
+    else:
+        await client.ws.send_str(garbage)
+    error = await client.next("error")
+    assert error["data"]["fatal"] is False
+    assert "undecodable frame" in error["data"]["error"]
+    assert "Traceback" not in json.dumps(error)
+    assert await client.say("still there?") == "I heard: still there?"
+    assert gateway.sample("gateway_rejections_total", tenant=gateway.tenant, reason="undecodable_frame") == 1
+
+
+async def test_repeated_garbage_is_closed_with_1007(make_gateway: GatewayFactory) -> None:
+    gateway = await make_gateway(max_bad_frames=3)
+    client = await gateway.connect(user_id="u1")
+    await client.bot_turn()
+    for _ in range(3):
+        await client.ws.send_str("garbage")
+    assert await client.closed() == 1007
+    assert [m["type"] for m in client.received].count("error") >= 2

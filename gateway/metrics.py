@@ -73,23 +73,6 @@ class GatewayMetrics:
         self.memory_pending_writes = Gauge(
             "gateway_memory_pending_writes", "Queued memory writes", ["tenant"], registry=r
         )
-        self.ttfb_seconds = Histogram(
-            "gateway_ttfb_seconds",
-            "Pipecat time to first byte per service",
-            ["tenant", "service"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.user_bot_latency_seconds = Histogram(
-            "gateway_user_bot_latency_seconds",
-            "User turn end to first bot output",
-            ["tenant"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.llm_tokens_total = Counter(
-            "gateway_llm_tokens_total", "LLM tokens by kind", ["tenant", "kind"], registry=r
-        )
         self.ws_messages_total = Counter(
             "gateway_ws_messages_total", "WebSocket messages", ["tenant", "direction"], registry=r
         )

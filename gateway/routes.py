@@ -222,7 +222,19 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"ready": True})
 
 
+@web.middleware
+async def fresh_log_context(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Requests on one keep-alive connection share a task; never let one's tenant tag the next."""
+    structlog.contextvars.clear_contextvars()
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    finally:
+        structlog.contextvars.clear_contextvars()
+
+
 def setup(app: web.Application) -> None:
+    app.middlewares.append(fresh_log_context)
     app.router.add_post("/start", start)
     app.router.add_get("/ws-client/{token}", websocket)
     app.router.add_get("/ws", websocket)

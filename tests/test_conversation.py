@@ -20,11 +20,7 @@ async def test_returning_user_is_greeted_with_what_they_said_last_time(gateway: 
 
 
 async def test_new_user_gets_the_generic_greeting(gateway: RunningGateway) -> None:
-    first = await gateway.connect(user_id="u1")
-    await first.bot_turn()
-    await first.say("My name is Ada and I sail on weekends")
-    await first.ws.close()
-    await gateway.settle()
+    await gateway.tell("My name is Ada and I sail on weekends", user_id="u1")
 
     other = await gateway.connect(user_id="u2")
     greeting = await other.bot_turn()

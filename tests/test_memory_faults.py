@@ -34,11 +34,7 @@ async def proxied(make_gateway: GatewayFactory, proxy: PostgresProxy) -> AsyncIt
 
 
 async def _seed(gateway: RunningGateway) -> None:
-    client = await gateway.connect(user_id="ada")
-    await client.bot_turn()
-    await client.say("My name is Ada and I sail on weekends")
-    await client.ws.close()
-    await gateway.settle()
+    await gateway.tell("My name is Ada and I sail on weekends", user_id="ada")
 
 
 async def test_slow_backend_gets_the_generic_greeting_before_the_backend_answers(

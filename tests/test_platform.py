@@ -30,11 +30,7 @@ async def cloud_gateway(
 
 
 async def test_platform_backend_remembers_across_sessions(cloud_gateway: RunningGateway) -> None:
-    first = await cloud_gateway.connect(user_id="ada", agent_id="helper")
-    await first.bot_turn()
-    await first.say("My name is Ada and I sail on weekends")
-    await first.ws.close()
-    await cloud_gateway.settle()
+    await cloud_gateway.tell("My name is Ada and I sail on weekends", user_id="ada", agent_id="helper")
 
     second = await cloud_gateway.connect(user_id="ada", agent_id="helper", run_id="another-run")
     greeting = await second.bot_turn()
@@ -50,11 +46,7 @@ async def test_platform_backend_remembers_across_sessions(cloud_gateway: Running
 async def test_platform_filters_and_the_ids_so_a_shared_agent_never_leaks_another_user(
     cloud_gateway: RunningGateway, mem0_cloud: FakeMem0
 ) -> None:
-    ada = await cloud_gateway.connect(user_id="ada", agent_id="shared-bot")
-    await ada.bot_turn()
-    await ada.say("My secret hobby is falconry")
-    await ada.ws.close()
-    await cloud_gateway.settle()
+    await cloud_gateway.tell("My secret hobby is falconry", user_id="ada", agent_id="shared-bot")
 
     bob = await cloud_gateway.connect(user_id="bob", agent_id="shared-bot")
     greeting = await bob.bot_turn()

@@ -57,11 +57,7 @@ async def test_recalled_memories_are_one_message_in_the_llm_context_not_one_per_
 
 
 async def test_a_new_run_id_still_finds_the_users_earlier_memories(gateway: RunningGateway) -> None:
-    first = await gateway.connect(user_id="runner", run_id="run-1")
-    await first.bot_turn()
-    await first.say("I am training for a marathon")
-    await first.ws.close()
-    await gateway.settle()
+    await gateway.tell("I am training for a marathon", user_id="runner", run_id="run-1")
 
     second = await gateway.connect(user_id="runner", run_id="run-2")
     assert "marathon" in await second.bot_turn()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -118,9 +117,11 @@ async def _drain(app: web.Application) -> None:
     state.draining = True
     sessions = list(state.sessions)
     log.info("gateway.draining", sessions=len(sessions))
-    for session in sessions:
-        with contextlib.suppress(Exception):
-            await session.close(WSCloseCode.GOING_AWAY, "server shutting down")
+    # Concurrently: each close may wait up to its close timeout for a slow client.
+    await asyncio.gather(
+        *(session.close(WSCloseCode.GOING_AWAY, "server shutting down") for session in sessions),
+        return_exceptions=True,
+    )
     for entry in state.prefetches.values():
         entry.task.cancel()
     state.prefetches.clear()

@@ -182,30 +182,32 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         metrics.reject(tenant.name, "session_limit")
         return await _refuse(ws, CLOSE_TOO_MANY_SESSIONS, "tenant is at its concurrent-session limit")
 
-    try:
-        backend = await app[backends_key].for_tenant(tenant.name, tenant.memory)
-        session = Session(
-            ws=ws,
-            claims=claims,
-            tenant=tenant,
-            backend=backend,
-            deps=app[deps_key],
-            serializer=requested or claims.serializer or "protobuf",
-            prefetch=prefetch.task if prefetch else None,
-            accepted_at=accepted_at,
-        )
-    except Exception:
-        metrics.reject(tenant.name, "internal_error")
-        log.exception("ws.session_setup_failed")
-        return await _refuse(ws, WSCloseCode.INTERNAL_ERROR, "internal error")
-
-    state.sessions.add(session)
+    # Take the slot before the first await, so concurrent connects cannot overshoot the limit.
     state.active_by_tenant[tenant.name] = state.active_by_tenant.get(tenant.name, 0) + 1
     try:
-        await session.run()
+        try:
+            backend = await app[backends_key].for_tenant(tenant.name, tenant.memory)
+            session = Session(
+                ws=ws,
+                claims=claims,
+                tenant=tenant,
+                backend=backend,
+                deps=app[deps_key],
+                serializer=requested or claims.serializer or "protobuf",
+                prefetch=prefetch.task if prefetch else None,
+                accepted_at=accepted_at,
+            )
+        except Exception:
+            metrics.reject(tenant.name, "internal_error")
+            log.exception("ws.session_setup_failed")
+            return await _refuse(ws, WSCloseCode.INTERNAL_ERROR, "internal error")
+        state.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            state.sessions.discard(session)
     finally:
         state.active_by_tenant[tenant.name] -= 1
-        state.sessions.discard(session)
     return ws
 
 

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from tests.clients import WireClient
-from tests.conftest import GatewayFactory, RunningGateway
+from tests.conftest import GatewayFactory, RunningGateway, unique
 
 
 async def test_start_without_any_id_is_400_with_a_json_error(gateway: RunningGateway) -> None:
@@ -102,3 +102,22 @@ async def test_repeated_garbage_is_closed_with_1007(make_gateway: GatewayFactory
         await client.ws.send_str("garbage")
     assert await client.closed() == 1007
     assert [m["type"] for m in client.received].count("error") >= 2
+
+
+async def test_tenant_at_its_session_limit_gets_429_at_start_and_4029_at_connect(
+    make_gateway: GatewayFactory,
+) -> None:
+    gateway = await make_gateway(tenants=[{"name": unique("small"), "max_sessions": 1}])
+    early = await gateway.start(user_id="second", serializer="rtvi")  # token minted while there was room
+    first = await gateway.connect(user_id="first")
+    await first.bot_turn()
+
+    refused = await gateway.start(user_id="third")
+    assert refused.status == 429 and refused.headers["Retry-After"] == "1"
+    assert await _close_code(gateway, (await early.json())["wsUrl"]) == 4029
+    assert gateway.sample("gateway_rejections_total", tenant=gateway.tenant, reason="session_limit") == 2
+
+    await first.ws.close()
+    await gateway.settle()
+    later = await gateway.connect(user_id="third")
+    assert "nice to meet you" in (await later.bot_turn()).lower()

@@ -97,7 +97,7 @@ class Session:
         self._accepted_at = accepted_at
         self._greeting: greetings.Greeting | None = None
         self._greeting_queued = False
-        self._greeted = asyncio.Event()
+        self._greeted = False
         self._closed = False
         self._serializer = serializer
         self.scope = MemoryScope(claims.tenant, claims.user_id, claims.agent_id, claims.run_id)
@@ -189,8 +189,8 @@ class Session:
         log.info("ws.rejected", reason=reason, close_code=code)
 
     def _on_message_sent(self, message: dict[str, Any]) -> None:
-        if self._greeting_queued and not self._greeted.is_set() and message.get("type") in _GREETING_WRITTEN:
-            self._greeted.set()
+        if self._greeting_queued and not self._greeted and message.get("type") in _GREETING_WRITTEN:
+            self._greeted = True
             greeting = self._greeting
             elapsed = asyncio.get_running_loop().time() - self._accepted_at
             outcome = greeting.outcome if greeting else "fallback"
@@ -201,9 +201,6 @@ class Session:
                 memories=greeting.memories if greeting else 0,
                 outcome=outcome,
             )
-
-    async def wait_greeted(self) -> None:
-        await self._greeted.wait()
 
     async def run(self) -> str:
         """Run the pipeline until the connection ends; returns the outcome label."""

@@ -87,10 +87,6 @@ class TenantMemory:
         self._pool = pool
         self.writes = WriteQueue(name=tenant, on_depth=lambda d: observer.pending_writes(tenant, d))
 
-    @property
-    def is_local(self) -> bool:
-        return isinstance(self.client, Memory)
-
     async def _call(self, operation: str, fn: Callable[[], T], timeout: float | None = None) -> T:
         loop = asyncio.get_running_loop()
         start = perf_counter()

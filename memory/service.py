@@ -65,10 +65,6 @@ class GatewayMemoryService(Mem0MemoryService):
         self._unstored: list[str] = []
         self._writes: set[asyncio.Future[bool]] = set()
 
-    @property
-    def scope(self) -> MemoryScope:
-        return self._scope
-
     def exclude_from_storage(self, assistant_text: str) -> None:
         """Don't store the next assistant message with this text (e.g. the greeting)."""
         self._unstored.append(assistant_text)

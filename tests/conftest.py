@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -186,7 +185,3 @@ async def make_gateway(
 @pytest.fixture
 async def gateway(make_gateway: GatewayFactory) -> RunningGateway:
     return await make_gateway()
-
-
-def no_ids_in(text: str, *needles: str) -> list[str]:
-    return [n for n in needles if re.search(re.escape(n), text)]

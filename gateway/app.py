@@ -37,10 +37,17 @@ class GatewayState:
     prefetches: dict[str, Prefetch] = field(default_factory=dict)
 
     def prune_prefetches(self, now: float) -> None:
-        for sid, entry in list(self.prefetches.items()):
-            if entry.expires_at <= now:
-                entry.task.cancel()
-                del self.prefetches[sid]
+        """Drop prefetches whose token expired unused.
+
+        Every entry gets the same TTL and dicts keep insertion order, so expired entries are all at
+        the front: stop at the first live one instead of scanning every pending session per /start.
+        """
+        while self.prefetches:
+            sid, entry = next(iter(self.prefetches.items()))
+            if entry.expires_at > now:
+                return
+            entry.task.cancel()
+            del self.prefetches[sid]
 
 
 settings_key = web.AppKey("settings", Settings)

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from aiohttp import WSCloseCode, web
 
+from gateway.limits import RateLimiter
 from gateway.llm import create_http_client
 from gateway.logging import get_logger
 from gateway.metrics import GatewayMetrics
 from gateway.session import Session, SessionDeps
 from gateway.settings import Settings
-from gateway.tenants import TenantRegistry
+from gateway.tenants import TenantFileError, TenantRegistry
 from gateway.tokens import SessionTokens, load_or_create_secret
 from memory.backends import MemoryBackends
 
@@ -57,6 +61,17 @@ tokens_key = web.AppKey("tokens", SessionTokens)
 backends_key = web.AppKey("backends", MemoryBackends)
 state_key = web.AppKey("state", GatewayState)
 deps_key = web.AppKey("deps", SessionDeps)
+limiter_key = web.AppKey("limiter", RateLimiter)
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """``AppRunner``/``run_app`` options that are part of the gateway's behaviour, not deployment taste.
+
+    aiohttp closes a connection that has not delivered a complete request within its keep-alive
+    timeout, counted from the TCP accept; that is our handshake timeout (slowloris, half-open
+    sockets), and it also bounds idle keep-alive between ``/start`` calls.
+    """
+    return {"keepalive_timeout": settings.handshake_timeout_secs}
 
 
 def create_app(
@@ -80,6 +95,7 @@ def create_app(
     )
     app[tokens_key] = SessionTokens(secret, settings.token_ttl_secs)
     app[state_key] = GatewayState()
+    app[limiter_key] = RateLimiter(clock=_monotonic)
     app[backends_key] = backends or MemoryBackends(
         data_dir=settings.data_dir,
         database_url=settings.database_url,
@@ -90,6 +106,7 @@ def create_app(
     )
     app.cleanup_ctx.append(_memory_ctx)
     app.cleanup_ctx.append(_deps_ctx)
+    app.cleanup_ctx.append(_tenants_reload_ctx)
     app.on_shutdown.append(_drain)
     routes.setup(app)
     return app
@@ -132,3 +149,91 @@ async def _drain(app: web.Application) -> None:
     for entry in state.prefetches.values():
         entry.task.cancel()
     state.prefetches.clear()
+
+
+def _monotonic() -> float:
+    return asyncio.get_running_loop().time()
+
+
+class TenantReloader:
+    """Re-read the tenants file on SIGHUP or when it changes; a bad file keeps the old tenants.
+
+    Reloading swaps the registry's contents in place: new requests see the new keys, limits and
+    statuses at once, live sessions keep the settings they started with. A tenant's memory backend
+    is built once per process, so a changed ``memory`` section applies after a restart (logged).
+    """
+
+    def __init__(self, app: web.Application, path: Path) -> None:
+        self._app = app
+        self._path = path
+        self._stamp = self._stat()
+        self._lock = asyncio.Lock()
+        self._pending: set[asyncio.Task[bool]] = set()
+
+    def trigger(self, reason: str) -> None:
+        """Schedule a reload from a signal handler (which cannot await)."""
+        task = asyncio.get_running_loop().create_task(self.reload(reason))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = self._path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    async def poll(self, every: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(every)
+            stamp = await loop.run_in_executor(None, self._stat)
+            if stamp is not None and stamp != self._stamp:
+                await self.reload("file_changed")
+
+    async def reload(self, trigger: str) -> bool:
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            self._stamp = await loop.run_in_executor(None, self._stat)
+            metrics = self._app[metrics_key]
+            try:
+                fresh = await loop.run_in_executor(None, TenantRegistry.load, self._path)
+            except (OSError, TenantFileError) as e:
+                metrics.tenant_reloads_total.labels("invalid").inc()
+                log.error("tenants.reload_failed", trigger=trigger, error=str(e))
+                return False
+            registry = self._app[tenants_key]
+            for tenant in fresh:
+                old = registry.get(tenant.name)
+                if old is not None and old.memory != tenant.memory:
+                    log.warning("tenants.memory_change_needs_restart", changed_tenant=tenant.name)
+            registry.replace(fresh)
+            metrics.tenant_reloads_total.labels("ok").inc()
+            log.info("tenants.reloaded", trigger=trigger, tenants=len(fresh))
+            return True
+
+
+reloader_key = web.AppKey("reloader", TenantReloader)
+
+
+async def _tenants_reload_ctx(app: web.Application) -> AsyncIterator[None]:
+    path = app[tenants_key].path
+    if path is None:  # tenants handed in by code (tests, embedding): nothing to watch
+        yield
+        return
+    reloader = TenantReloader(app, path)
+    app[reloader_key] = reloader
+    loop = asyncio.get_running_loop()
+    sighup = False
+    try:
+        loop.add_signal_handler(signal.SIGHUP, reloader.trigger, "sighup")
+        sighup = True
+    except (RuntimeError, ValueError, NotImplementedError):  # not the main thread, or no signals
+        log.info("tenants.no_sighup")
+    every = app[settings_key].tenants_reload_secs
+    poller = asyncio.create_task(reloader.poll(every), name="tenants-reload") if every > 0 else None
+    yield
+    if poller is not None:
+        poller.cancel()
+    if sighup:
+        loop.remove_signal_handler(signal.SIGHUP)

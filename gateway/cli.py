@@ -1,11 +1,19 @@
-"""``memory-gateway`` command line: ``serve`` (and, as tenancy grows, tenant management)."""
+"""``memory-gateway`` command line: ``serve``, ``tenants …`` and ``memories …``.
+
+``tenants`` edits the tenants file; a running gateway picks the change up within
+``GATEWAY_TENANTS_RELOAD_SECS`` (or at once on SIGHUP). ``memories`` works on the same memory store
+the gateway uses — with the embedded PostgreSQL it joins the running server, or starts it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from gateway.logging import configure_logging, get_logger
 from gateway.settings import Settings
@@ -29,28 +37,24 @@ def _bootstrap_tenants(settings: Settings) -> None:
     )
 
 
-def serve(args: argparse.Namespace) -> int:
-    overrides = {
-        k: v
-        for k, v in {
-            "host": args.host,
-            "port": args.port,
-            "data_dir": args.data_dir,
-            "tenants_file": args.tenants_file,
-        }.items()
-        if v is not None
-    }
-    settings = Settings(**overrides)
-    configure_logging(settings.log_format, settings.log_level)
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    given = {"data_dir": args.data_dir, "tenants_file": args.tenants_file, **extra}
+    settings = Settings(**{k: v for k, v in given.items() if v is not None})
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # mem0 reads these when first imported: keep its files in our data dir, telemetry off.
     os.environ.setdefault("MEM0_DIR", str(settings.data_dir / "mem0"))
     os.environ.setdefault("MEM0_TELEMETRY", "false")
+    return settings
+
+
+def serve(args: argparse.Namespace) -> int:
+    settings = _settings(args, host=args.host, port=args.port)
+    configure_logging(settings.log_format, settings.log_level)
     _bootstrap_tenants(settings)
 
     from aiohttp import web
 
-    from gateway.app import create_app
+    from gateway.app import create_app, server_options
     from gateway.locallm import LocalLLMServer
 
     log = get_logger("gateway.cli")
@@ -70,6 +74,7 @@ def serve(args: argparse.Namespace) -> int:
             print=None,
             shutdown_timeout=settings.shutdown_grace_secs,
             access_log=None,
+            **server_options(settings),
         )
     finally:
         if local_llm is not None:
@@ -77,15 +82,133 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_key(name: str, key: str, what: str) -> None:
+    print(f"{what} for tenant {name!r} (shown once, only a hash is stored):\n\n    {key}\n", flush=True)
+
+
+def tenants(args: argparse.Namespace) -> int:
+    from gateway.tenants import TenantFileError, TenantRegistry
+
+    path = _settings(args).resolved_tenants_file
+    try:
+        registry = TenantRegistry.load(path) if path.exists() else TenantRegistry([], path)
+        if args.action == "list":
+            rows = [
+                {
+                    "name": t.name,
+                    "status": t.status,
+                    "keys": len(t.api_keys),
+                    "max_sessions": t.max_sessions,
+                    "memory": t.memory.backend,
+                    "origins": ",".join(t.allowed_origins) or "*",
+                }
+                for t in registry
+            ]
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                for row in rows:
+                    print("  ".join(f"{k}={v}" for k, v in row.items()))
+            return 0
+        if not args.name:
+            raise TenantFileError(f"tenants {args.action} needs a tenant NAME")
+        if args.action == "add":
+            fields: dict[str, Any] = {}
+            if args.max_sessions is not None:
+                fields["max_sessions"] = args.max_sessions
+            if args.origin:
+                fields["allowed_origins"] = args.origin
+            _, key = registry.add(args.name, **fields)
+            registry.save()
+            _print_key(args.name, key, "API key")
+        elif args.action in ("disable", "enable"):
+            registry.update(args.name, status="disabled" if args.action == "disable" else "active")
+            registry.save()
+            print(f"tenant {args.name!r} {args.action}d")
+        elif args.action == "rotate-key":
+            key = registry.rotate_key(args.name, revoke_old=args.revoke_old)
+            registry.save()
+            _print_key(args.name, key, "New API key")
+            kept = len(registry.require(args.name).api_keys) - 1
+            print(
+                "Every previous key is revoked."
+                if not kept
+                else "The previous key stays valid until the next rotation or `rotate-key --revoke-old`.",
+            )
+    except (TenantFileError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _memories(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.tenants import TenantRegistry
+    from memory.backends import MemoryBackends
+    from memory.scope import MemoryScope
+
+    tenant = TenantRegistry.load(settings.resolved_tenants_file).get(args.tenant)
+    if tenant is None:
+        print(f"error: no tenant named {args.tenant!r}", file=sys.stderr)
+        return 2
+    backends = MemoryBackends(data_dir=settings.data_dir, database_url=settings.database_url, max_workers=2)
+    await backends.start()
+    try:
+        backend = await backends.for_tenant(tenant.name, tenant.memory)
+        scope = MemoryScope(tenant.name, args.user, args.agent)
+        if args.action == "forget":
+            if not args.yes:
+                print("error: forgetting is permanent; add --yes", file=sys.stderr)
+                return 2
+            deleted = await backend.forget(scope)
+            print(f"forgot {deleted} memories of user {args.user!r} in tenant {tenant.name!r}")
+            return 0
+        found = await backend.recent(scope, args.limit)
+        if args.json:
+            print(json.dumps(found, indent=2, default=str))
+        for m in [] if args.json else found:
+            print(f"{m.get('created_at', '')}  {m.get('role') or '-':9}  {m.get('memory', '')}")
+        return 0
+    finally:
+        await backends.close()
+
+
+def memories(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    configure_logging(settings.log_format, "WARNING")
+    return asyncio.run(_memories(settings, args))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="memory-gateway", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", type=Path, help="default: GATEWAY_DATA_DIR or ~/.memory-gateway")
+    common.add_argument("--tenants-file", type=Path, help="default: <data dir>/tenants.yaml")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("serve", help="run the gateway")
+
+    p = sub.add_parser("serve", parents=[common], help="run the gateway")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
-    p.add_argument("--data-dir", type=Path)
-    p.add_argument("--tenants-file", type=Path)
     p.set_defaults(func=serve)
+
+    t = sub.add_parser("tenants", parents=[common], help="manage tenants and their API keys")
+    t.add_argument("action", choices=["add", "list", "disable", "enable", "rotate-key"])
+    t.add_argument("name", nargs="?")
+    t.add_argument("--max-sessions", type=int, help="add: concurrent-session limit")
+    t.add_argument("--origin", action="append", help="add: allowed browser Origin (repeatable)")
+    t.add_argument("--revoke-old", action="store_true", help="rotate-key: revoke every previous key now")
+    t.add_argument("--json", action="store_true", help="list: JSON output")
+    t.set_defaults(func=tenants)
+
+    m = sub.add_parser("memories", parents=[common], help="list or forget one user's memories")
+    m.add_argument("action", choices=["list", "forget"])
+    m.add_argument("--tenant", required=True)
+    m.add_argument("--user", required=True)
+    m.add_argument("--agent", help="only memories with this agent")
+    m.add_argument("--limit", type=int, default=100)
+    m.add_argument("--json", action="store_true")
+    m.add_argument("--yes", action="store_true", help="forget: confirm")
+    m.set_defaults(func=memories)
+
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

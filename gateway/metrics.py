@@ -76,6 +76,12 @@ class GatewayMetrics:
         self.ws_messages_total = Counter(
             "gateway_ws_messages_total", "WebSocket messages", ["tenant", "direction"], registry=r
         )
+        self.tenant_reloads_total = Counter(
+            "gateway_tenant_reloads_total",
+            "Tenants file reloads by outcome (ok, invalid)",
+            ["outcome"],
+            registry=r,
+        )
         self.build_info = Gauge("gateway_build_info", "Versions", ["version", "pipecat", "mem0"], registry=r)
         self.build_info.labels(__version__, _version("pipecat-ai"), _version("mem0ai")).set(1)
 

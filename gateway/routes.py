@@ -1,8 +1,10 @@
-"""HTTP and WebSocket routes: ``/start``, ``/ws-client/{token}`` (and ``/ws?token=``), health, metrics.
+"""HTTP and WebSocket routes: ``/start``, ``/ws-client/{token}`` (and ``/ws?token=``), the data-subject
+API ``/v1/memories``, health and metrics.
 
 Every refusal has a documented status or close code (ARCHITECTURE.md §2), a
 ``gateway_rejections_total{tenant,reason}`` increment and a log event — never a secret, token, ID or
-message text, and never internals in the body.
+message text, and never internals in the body. A tenant is only ever told about itself: errors name
+no other tenant, and a valid key of tenant B sees only B's data whatever IDs it asks about.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ import re
 from typing import Any
 
 import structlog
-from aiohttp import WSCloseCode, web
+from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from gateway import closecodes
 from gateway import greeting as greetings
 from gateway.app import (
     Prefetch,
     backends_key,
     deps_key,
+    limiter_key,
     metrics_key,
     settings_key,
     state_key,
@@ -31,19 +35,41 @@ from gateway.logging import get_logger
 from gateway.serializers import SERIALIZERS
 from gateway.session import Session
 from gateway.tenants import TenantConfig
-from gateway.tokens import TokenError
+from gateway.tokens import SessionClaims, TokenError
 from memory.scope import MemoryScope
 
 log = get_logger(__name__)
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}$")
-CLOSE_BAD_TOKEN = 4001
-CLOSE_TENANT_DISABLED = 4003
-CLOSE_TOO_MANY_SESSIONS = 4029
+ID_KEYS = ("user_id", "agent_id", "run_id")
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def _reject(
+    request: web.Request,
+    tenant: str | None,
+    reason: str,
+    status: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """Count, log and answer one refused HTTP request."""
+    request.app[metrics_key].reject(tenant, reason)
+    log.info("http.rejected", path=request.path, reason=reason, status=status)
+    return _error(status, message, headers)
+
+
+async def _refuse(
+    request: web.Request, ws: web.WebSocketResponse, tenant: str | None, reason: str, code: int, text: str
+) -> web.WebSocketResponse:
+    """Count, log and close one refused WebSocket (after the upgrade, so browsers see the code)."""
+    request.app[metrics_key].reject(tenant, reason)
+    log.info("ws.rejected", reason=reason, close_code=code)
+    await ws.close(code=code, message=text.encode())
+    return ws
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -52,9 +78,9 @@ def _bearer(request: web.Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-def _ids(body: dict[str, Any]) -> dict[str, str | None]:
+def _ids(body: Any) -> dict[str, str | None]:
     ids: dict[str, str | None] = {}
-    for key in ("user_id", "agent_id", "run_id"):
+    for key in ID_KEYS:
         value = body.get(key)
         if value is None or value == "":
             ids[key] = None
@@ -75,23 +101,42 @@ def _ws_base(request: web.Request) -> str:
     return f"{scheme}://{request.host}"
 
 
-async def start(request: web.Request) -> web.Response:
-    app = request.app
-    metrics = app[metrics_key]
-    state = app[state_key]
-    if state.draining:
-        metrics.reject(None, "draining")
-        return _error(503, "server is draining; retry on another replica", {"Retry-After": "1"})
-    tenant = app[tenants_key].authenticate(_bearer(request))
+def _authenticate(request: web.Request) -> TenantConfig | web.Response:
+    """The active tenant whose API key the request bears, or the refusal to send."""
+    tenant = request.app[tenants_key].authenticate(_bearer(request))
     if tenant is None:
-        metrics.reject(None, "unauthorized")
-        log.info("start.rejected", reason="unauthorized")
-        return _error(401, "missing or unknown API key")
+        return _reject(request, None, "unauthorized", 401, "missing or unknown API key")
     structlog.contextvars.bind_contextvars(tenant=tenant.name)
     if not tenant.active:
-        metrics.reject(tenant.name, "tenant_disabled")
-        log.info("start.rejected", reason="tenant_disabled")
-        return _error(403, "tenant is disabled")
+        return _reject(request, tenant.name, "tenant_disabled", 403, "tenant is disabled")
+    return tenant
+
+
+async def start(request: web.Request) -> web.Response:
+    app = request.app
+    state = app[state_key]
+    if state.draining:
+        return _reject(
+            request,
+            None,
+            "draining",
+            503,
+            "server is draining; retry on another replica",
+            {"Retry-After": "1"},
+        )
+    tenant = _authenticate(request)
+    if isinstance(tenant, web.Response):
+        return tenant
+    retry_after = app[limiter_key].acquire(tenant.name, tenant.start_rate)
+    if retry_after:
+        return _reject(
+            request,
+            tenant.name,
+            "rate_limited",
+            429,
+            "too many /start requests",
+            {"Retry-After": str(retry_after)},
+        )
     try:
         payload = await request.json()
         if not isinstance(payload, dict):
@@ -107,19 +152,29 @@ async def start(request: web.Request) -> web.Response:
         if serializer is not None and serializer not in SERIALIZERS:
             raise ValueError(f"serializer must be one of {', '.join(SERIALIZERS)}")
     except ValueError as e:
-        metrics.reject(tenant.name, "bad_request")
-        log.info("start.rejected", reason="bad_request")
-        return _error(400, "body is not valid JSON" if isinstance(e, json.JSONDecodeError) else str(e))
+        message = "body is not valid JSON" if isinstance(e, json.JSONDecodeError) else str(e)
+        return _reject(request, tenant.name, "bad_request", 400, message)
     if state.active_by_tenant.get(tenant.name, 0) >= tenant.max_sessions:
-        metrics.reject(tenant.name, "session_limit")
-        log.info("start.rejected", reason="session_limit")
-        return _error(429, "tenant is at its concurrent-session limit", {"Retry-After": "1"})
+        return _reject(
+            request,
+            tenant.name,
+            "session_limit",
+            429,
+            "tenant is at its concurrent-session limit",
+            {"Retry-After": "1"},
+        )
     try:
         backend = await app[backends_key].for_tenant(tenant.name, tenant.memory)
     except Exception:
-        metrics.reject(tenant.name, "memory_unavailable")
         log.exception("start.memory_unavailable")
-        return _error(503, "memory backend unavailable", {"Retry-After": "5"})
+        return _reject(
+            request,
+            tenant.name,
+            "memory_unavailable",
+            503,
+            "memory backend unavailable",
+            {"Retry-After": "5"},
+        )
 
     token, claims = app[tokens_key].issue(tenant=tenant.name, serializer=serializer, **ids)
     loop = asyncio.get_running_loop()
@@ -140,47 +195,66 @@ async def start(request: web.Request) -> web.Response:
     )
 
 
-async def _refuse(ws: web.WebSocketResponse, code: int, reason: str) -> web.WebSocketResponse:
-    await ws.close(code=code, message=reason.encode())
-    return ws
+def _claims_match(request: web.Request, claims: SessionClaims) -> bool:
+    """IDs named in the URL (some clients repeat them) must be the token's own; never a substitute."""
+    bound = {"user_id": claims.user_id, "agent_id": claims.agent_id, "run_id": claims.run_id}
+    for key, value in request.query.items():
+        if key in bound and value != (bound[key] or ""):
+            return False
+        if key in ("tenant", "tenant_id") and value != claims.tenant:
+            return False
+    return True
+
+
+def _admission(
+    request: web.Request, tenant: TenantConfig, claims: SessionClaims, active: int
+) -> tuple[str, int, str] | None:
+    """Why a validly-signed token may still not open a session now: (reason, close code, text)."""
+    if not _claims_match(request, claims):
+        return "bad_token", closecodes.BAD_TOKEN, "invalid, expired or reused token"
+    if not tenant.active:
+        return "tenant_disabled", closecodes.FORBIDDEN, "tenant is disabled"
+    if not tenant.allows_origin(request.headers.get("Origin")):
+        return "origin_not_allowed", closecodes.FORBIDDEN, "origin not allowed"
+    if active >= tenant.max_sessions:
+        return "session_limit", closecodes.TOO_MANY_SESSIONS, "tenant is at its concurrent-session limit"
+    return None
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app[settings_key]
-    metrics = app[metrics_key]
     state = app[state_key]
     token = request.match_info.get("token") or request.query.get("token", "")
     requested = request.query.get("serializer")
     if requested is not None and requested not in SERIALIZERS:
-        metrics.reject(None, "bad_request")
-        return _error(400, f"serializer must be one of {', '.join(SERIALIZERS)}")
+        return _reject(
+            request, None, "bad_request", 400, f"serializer must be one of {', '.join(SERIALIZERS)}"
+        )
 
     ws = web.WebSocketResponse(max_msg_size=settings.max_message_bytes, heartbeat=settings.heartbeat_secs)
     await ws.prepare(request)
     accepted_at = asyncio.get_running_loop().time()
 
     if state.draining:
-        metrics.reject(None, "draining")
-        return await _refuse(ws, WSCloseCode.GOING_AWAY, "server is draining")
+        return await _refuse(request, ws, None, "draining", closecodes.GOING_AWAY, "server is draining")
+    bad_token = "invalid, expired or reused token"
     try:
         claims = app[tokens_key].verify(token)
     except TokenError as e:
-        metrics.reject(None, "bad_token")
-        log.info("ws.rejected", reason="bad_token", detail=str(e))
-        return await _refuse(ws, CLOSE_BAD_TOKEN, "invalid, expired or reused token")
+        log.info("ws.bad_token", detail=str(e))
+        return await _refuse(request, ws, None, "bad_token", closecodes.BAD_TOKEN, bad_token)
     tenant: TenantConfig | None = app[tenants_key].get(claims.tenant)
     if tenant is None:
-        metrics.reject(None, "bad_token")
-        return await _refuse(ws, CLOSE_BAD_TOKEN, "invalid, expired or reused token")
+        return await _refuse(request, ws, None, "bad_token", closecodes.BAD_TOKEN, bad_token)
     structlog.contextvars.bind_contextvars(tenant=tenant.name, session_id=claims.session_id)
+    # The token is spent either way; its greeting prefetch is used now or never.
     prefetch = state.prefetches.pop(claims.session_id, None)
-    if not tenant.active:
-        metrics.reject(tenant.name, "tenant_disabled")
-        return await _refuse(ws, CLOSE_TENANT_DISABLED, "tenant is disabled")
-    if state.active_by_tenant.get(tenant.name, 0) >= tenant.max_sessions:
-        metrics.reject(tenant.name, "session_limit")
-        return await _refuse(ws, CLOSE_TOO_MANY_SESSIONS, "tenant is at its concurrent-session limit")
+    refusal = _admission(request, tenant, claims, state.active_by_tenant.get(tenant.name, 0))
+    if refusal is not None:
+        if prefetch is not None:
+            prefetch.task.cancel()
+        return await _refuse(request, ws, tenant.name, *refusal)
 
     # Take the slot before the first await, so concurrent connects cannot overshoot the limit.
     state.active_by_tenant[tenant.name] = state.active_by_tenant.get(tenant.name, 0) + 1
@@ -198,9 +272,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 accepted_at=accepted_at,
             )
         except Exception:
-            metrics.reject(tenant.name, "internal_error")
             log.exception("ws.session_setup_failed")
-            return await _refuse(ws, WSCloseCode.INTERNAL_ERROR, "internal error")
+            return await _refuse(
+                request, ws, tenant.name, "internal_error", closecodes.INTERNAL_ERROR, "internal error"
+            )
         state.sessions.add(session)
         try:
             await session.run()
@@ -209,6 +284,64 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     finally:
         state.active_by_tenant[tenant.name] -= 1
     return ws
+
+
+async def memories(request: web.Request) -> web.Response:
+    """``GET``/``DELETE /v1/memories?user_id=…[&agent_id=…]``: a data subject's memories in this tenant.
+
+    The tenant comes from the API key alone and every ID is namespaced under it, so asking about a
+    user of another tenant finds nothing — it cannot even tell whether that user exists there.
+    """
+    app = request.app
+    tenant = _authenticate(request)
+    if isinstance(tenant, web.Response):
+        return tenant
+    try:
+        user_id = request.query.get("user_id")
+        if not user_id:
+            raise ValueError("user_id is required")
+        ids = _ids({"user_id": user_id, "agent_id": request.query.get("agent_id")})
+        limit = int(request.query.get("limit", "100"))
+        if not 1 <= limit <= 1000:
+            raise ValueError("limit must be 1-1000")
+    except ValueError as e:
+        message = "limit must be 1-1000" if "invalid literal" in str(e) else str(e)
+        return _reject(request, tenant.name, "bad_request", 400, message)
+    scope = MemoryScope(tenant.name, ids["user_id"], ids["agent_id"])
+    try:
+        backend = await app[backends_key].for_tenant(tenant.name, tenant.memory)
+        if request.method == "DELETE":
+            deleted = await backend.forget(scope)
+            log.info("memories.forgotten", count=deleted)
+            return web.json_response(
+                {"user_id": ids["user_id"], "agent_id": ids["agent_id"], "deleted": deleted}
+            )
+        found = await backend.recent(scope, limit)
+    except Exception:
+        log.exception("memories.failed", method=request.method)
+        return _reject(
+            request,
+            tenant.name,
+            "memory_unavailable",
+            503,
+            "memory backend unavailable",
+            {"Retry-After": "5"},
+        )
+    results = [
+        {
+            "id": m.get("id"),
+            "memory": m.get("memory"),
+            "role": m.get("role"),
+            "agent_id": scope.strip(m.get("agent_id")),
+            "run_id": scope.strip(m.get("run_id")),
+            "created_at": m.get("created_at"),
+            "updated_at": m.get("updated_at"),
+        }
+        for m in found
+    ]
+    return web.json_response(
+        {"user_id": ids["user_id"], "agent_id": ids["agent_id"], "count": len(results), "results": results}
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -242,4 +375,6 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/ws", websocket)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/v1/memories", memories)
+    app.router.add_delete("/v1/memories", memories)
     app.router.add_get("/metrics", make_aiohttp_handler(app[metrics_key].registry))

@@ -37,6 +37,7 @@ from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import Speec
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.workers.runner import WorkerRunner
 
+from gateway import closecodes
 from gateway import greeting as greetings
 from gateway.llm import LLMNotConfigured, TextOnlyOutput, create_llm, resolve_endpoint
 from gateway.logging import get_logger
@@ -67,11 +68,18 @@ class SessionDeps:
 
 
 def _outcome(close_code: int | None, failed: bool) -> str:
-    if failed or close_code == WSCloseCode.INTERNAL_ERROR:
+    if failed or close_code == closecodes.INTERNAL_ERROR:
         return "error"
-    if close_code == WSCloseCode.GOING_AWAY:
+    if close_code == closecodes.GOING_AWAY:
         return "shutdown"
-    if close_code in (1007, 1009, WSCloseCode.POLICY_VIOLATION):
+    if close_code == closecodes.IDLE_TIMEOUT:
+        return "idle_timeout"
+    if close_code in (
+        closecodes.INVALID_PAYLOAD,
+        closecodes.MESSAGE_TOO_BIG,
+        closecodes.POLICY_VIOLATION,
+        1002,
+    ):
         return "client_error"
     return "completed"
 
@@ -112,12 +120,15 @@ class Session:
         self.transport = AiohttpWebsocketTransport(
             ws,
             AiohttpWebsocketParams(
-                serializer=create_serializer(serializer), max_bad_frames=settings.max_bad_frames
+                serializer=create_serializer(serializer),
+                max_bad_frames=settings.max_bad_frames,
+                send_timeout=settings.send_timeout_secs,
+                idle_timeout=settings.idle_timeout_secs,
             ),
             count_in=ws_in.inc,
             count_out=ws_out.inc,
             on_bad_frame=bad_frames.inc,
-            on_protocol_error=self._on_protocol_error,
+            on_reject=self._on_reject,
             on_message=self._on_message_sent,
         )
         self.context = LLMContext()
@@ -183,8 +194,7 @@ class Session:
             [LLMFullResponseStartFrame(), LLMTextFrame(greeting.text), LLMFullResponseEndFrame()]
         )
 
-    def _on_protocol_error(self, code: int) -> None:
-        reason = "message_too_big" if code == WSCloseCode.MESSAGE_TOO_BIG else "protocol_error"
+    def _on_reject(self, reason: str, code: int) -> None:
         self._deps.metrics.reject(self.tenant.name, reason)
         log.info("ws.rejected", reason=reason, close_code=code)
 

@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default=Path.home() / ".memory-gateway")
     tenants_file: Path | None = Field(default=None, description="default: <data_dir>/tenants.yaml")
+    tenants_reload_secs: float = Field(
+        default=2.0, ge=0, description="how often to check the tenants file for changes; 0 = SIGHUP only"
+    )
     database_url: str | None = Field(
         default=None, description="PostgreSQL with pgvector; unset = embedded server under data_dir"
     )
@@ -43,6 +46,17 @@ class Settings(BaseSettings):
     memory_pool_size: int = Field(default=4, ge=1)
     shutdown_grace_secs: float = Field(default=10.0, ge=0)
     heartbeat_secs: float = Field(default=20.0, gt=0)
+    idle_timeout_secs: float = Field(
+        default=300.0, gt=0, description="close (4008) a session whose client sent nothing for this long"
+    )
+    send_timeout_secs: float = Field(
+        default=10.0, gt=0, description="close (1008) a session whose client stopped reading for this long"
+    )
+    handshake_timeout_secs: float = Field(
+        default=10.0,
+        gt=0,
+        description="a connection must finish its HTTP request / WebSocket upgrade in this",
+    )
 
     @property
     def resolved_tenants_file(self) -> Path:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from memory.config import MemorySettings
 
@@ -53,11 +54,31 @@ class GreetingSettings(BaseModel):
     new: str = "Hello! It's nice to meet you. How can I help you today?"
 
 
+ORIGIN_PATTERN = re.compile(r"^https?://(\*\.)?[a-z0-9.-]+(:\d{1,5})?$")
+HASH_PATTERN = r"^sha256:[0-9a-f]{64}$"
+
+
+class RateLimit(BaseModel):
+    """A token bucket: ``burst`` requests at once, refilled at ``per_second``."""
+
+    per_second: float = Field(default=10.0, gt=0)
+    burst: int = Field(default=50, ge=1)
+
+
 class TenantConfig(BaseModel):
     name: str = Field(pattern=NAME_PATTERN)
-    api_keys: list[str] = Field(default_factory=list, description="sha256:<hex> hashes of the tenant's keys")
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="sha256:<hex> hashes of the tenant's keys; several during a rotation",
+    )
     status: Literal["active", "disabled"] = "active"
     max_sessions: int = Field(default=100, ge=1)
+    start_rate: RateLimit = Field(default_factory=RateLimit, description="POST /start per tenant")
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="browser Origins allowed to connect (https://app.example.com, https://*.example.com);"
+        " empty = any",
+    )
     system_prompt: str = (
         "You are a friendly, concise assistant with long-term memory of this user. "
         "Use what you remember when it helps; keep answers short."
@@ -66,9 +87,41 @@ class TenantConfig(BaseModel):
     memory: MemorySettings = Field(default_factory=MemorySettings)
     greeting: GreetingSettings = Field(default_factory=GreetingSettings)
 
+    @field_validator("api_keys")
+    @classmethod
+    def _hashes_only(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            if not re.fullmatch(HASH_PATTERN, key):
+                # Never echo the value: if it is not a hash it may be a plaintext key.
+                raise ValueError("each entry must be a sha256:<64 hex> hash (use `memory-gateway tenants`)")
+        return keys
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        normalised = [o.strip().lower().rstrip("/") for o in origins]
+        for origin in normalised:
+            if not ORIGIN_PATTERN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin like https://app.example.com[:port]")
+        return normalised
+
     @property
     def active(self) -> bool:
         return self.status == "active"
+
+    def allows_origin(self, origin: str | None) -> bool:
+        """Browsers always send ``Origin``; other clients don't, and can't be told apart by it."""
+        if not self.allowed_origins or origin is None:
+            return True
+        origin = origin.strip().lower().rstrip("/")
+        for allowed in self.allowed_origins:
+            if "://*." in allowed:
+                scheme, _, rest = allowed.partition("://*.")
+                if origin.startswith(scheme + "://") and origin.endswith("." + rest):
+                    return True
+            elif origin == allowed:
+                return True
+        return False
 
 
 class TenantsFile(BaseModel):
@@ -117,13 +170,12 @@ class TenantRegistry:
         target = path or self.path
         if target is None:
             raise TenantFileError("no tenants file path")
-        data = TenantsFile(tenants=list(self._tenants.values())).model_dump(
-            mode="json", exclude_defaults=False
-        )
+        if target.suffix == ".toml":
+            raise TenantFileError(f"{target}: writing TOML tenant files is not supported; use YAML")
+        # Only what was written or set: an operator's hand-edited file stays as short as they left it.
+        data = TenantsFile(tenants=list(self._tenants.values())).model_dump(mode="json", exclude_unset=True)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(target.suffix + ".tmp")
-        if target.suffix == ".toml":
-            raise TenantFileError("writing TOML tenant files is not supported; use YAML")
         tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         tmp.chmod(0o600)
         tmp.replace(target)
@@ -148,6 +200,35 @@ class TenantRegistry:
                 if hmac.compare_digest(presented, stored):
                     found = tenant
         return found
+
+    def replace(self, other: TenantRegistry) -> None:
+        """Adopt a reloaded file's tenants in place: everyone holding this registry sees them.
+
+        Live sessions keep the ``TenantConfig`` they started with; only new requests see the change.
+        """
+        self._tenants = dict(other._tenants)
+
+    def require(self, name: str) -> TenantConfig:
+        tenant = self._tenants.get(name)
+        if tenant is None:
+            raise TenantFileError(f"no tenant named {name!r}")
+        return tenant
+
+    def update(self, name: str, **changes: Any) -> TenantConfig:
+        tenant = TenantConfig.model_validate({**self.require(name).model_dump(exclude_unset=True), **changes})
+        self._tenants[name] = tenant
+        return tenant
+
+    def rotate_key(self, name: str, *, revoke_old: bool = False) -> str:
+        """Add a fresh key and return it; keep the newest previous key unless ``revoke_old``.
+
+        Keeping one old key lets the tenant roll the new one out before the old stops working; the
+        next rotation (or ``revoke_old``) retires it.
+        """
+        key = new_key()
+        kept = [] if revoke_old else self.require(name).api_keys[-1:]
+        self.update(name, api_keys=[*kept, hash_key(key)])
+        return key
 
     def add(self, name: str, **fields: Any) -> tuple[TenantConfig, str]:
         """Create a tenant with a fresh key; the key is returned once and only its hash is kept."""

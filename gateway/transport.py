@@ -7,7 +7,8 @@ the FastAPI model it:
 * answers an undecodable frame with an RTVI ``error`` message (no internals), and closes with 1007
   after ``max_bad_frames`` of them;
 * lets aiohttp enforce the message-size limit (close 1009) and reports it;
-* bounds every send with a timeout, so a client that stops reading cannot stall the pipeline;
+* bounds every send with a timeout, so a client that stops reading cannot stall the pipeline (1008);
+* closes a connection whose client sent nothing for ``idle_timeout`` (4008), pings not counting;
 * counts messages per direction through callbacks bound once per session (no label lookups per frame).
 """
 
@@ -39,15 +40,18 @@ from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import BaseTransport, TransportParams
 from pydantic import ConfigDict, Field
 
+from gateway import closecodes
 from gateway.logging import get_logger
 from gateway.serializers import UndecodableFrame
 
 log = get_logger(__name__)
 
-CLOSE_INVALID_PAYLOAD = 1007
-
 
 def _noop() -> None:
+    pass
+
+
+def _no_reject(_reason: str, _code: int) -> None:
     pass
 
 
@@ -57,7 +61,8 @@ class AiohttpWebsocketParams(TransportParams):
     Parameters:
         serializer: Frame serializer for this connection's wire format.
         session_timeout: Seconds after which ``on_session_timeout`` fires; None for never.
-        send_timeout: Longest a single send may wait on a slow client before the session is closed.
+        send_timeout: Longest a single send may wait on a slow client before closing with 1008.
+        idle_timeout: Longest the client may send no data message before closing with 4008.
         close_timeout: Longest to wait for the close handshake.
         max_bad_frames: Undecodable frames tolerated before closing with 1007.
     """
@@ -67,6 +72,7 @@ class AiohttpWebsocketParams(TransportParams):
     serializer: FrameSerializer | None = None
     session_timeout: float | None = Field(default=None, gt=0)
     send_timeout: float = Field(default=10.0, gt=0)
+    idle_timeout: float | None = Field(default=None, gt=0)
     close_timeout: float = Field(default=1.0, gt=0)
     max_bad_frames: int = Field(default=5, ge=1)
 
@@ -83,12 +89,14 @@ class AiohttpWebsocketClient:
         on_timeout: Callable[[], Awaitable[None]],
         send_timeout: float,
         close_timeout: float,
+        idle_timeout: float | None = None,
         count_in: Callable[[], None] = _noop,
         count_out: Callable[[], None] = _noop,
-        on_protocol_error: Callable[[int], None] = lambda _code: None,
+        on_reject: Callable[[str, int], None] = _no_reject,
     ) -> None:
         self._ws = ws
-        self._on_protocol_error = on_protocol_error
+        self._on_reject = on_reject
+        self._idle_timeout = idle_timeout
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
         self._on_timeout = on_timeout
@@ -117,8 +125,18 @@ class AiohttpWebsocketClient:
         self._users += 1
 
     async def receive(self) -> Any:
-        """Yield (kind, data) for each data message until the socket closes or errors."""
-        async for msg in self._ws:
+        """Yield each data message until the socket closes, errors or idles out."""
+        while True:
+            try:
+                # An absolute wait per message: aiohttp's own receive timeout restarts on every
+                # ping/pong, so a client that only keeps the socket alive would never idle out.
+                msg = await asyncio.wait_for(self._ws.receive(), self._idle_timeout)
+            except TimeoutError:
+                self._on_reject("idle_timeout", closecodes.IDLE_TIMEOUT)
+                await self.close(closecodes.IDLE_TIMEOUT, "idle timeout")
+                break
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                break
             self._count_in()
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 yield msg.data
@@ -127,7 +145,10 @@ class AiohttpWebsocketClient:
                 # oversized message); ws.close_code would show the client's echo instead.
                 self._closing = True
                 self.close_code = msg.data.code if isinstance(msg.data, WebSocketError) else 1006
-                self._on_protocol_error(self.close_code)
+                reason = (
+                    "message_too_big" if self.close_code == closecodes.MESSAGE_TOO_BIG else "protocol_error"
+                )
+                self._on_reject(reason, self.close_code)
                 break
         if self.close_code is None:
             self.close_code = self._ws.close_code
@@ -141,8 +162,8 @@ class AiohttpWebsocketClient:
             else:
                 await asyncio.wait_for(self._ws.send_str(data), self._send_timeout)
         except TimeoutError:
-            log.warning("ws.send_timeout")
-            await self.close(WSCloseCode.POLICY_VIOLATION, "client not reading")
+            self._on_reject("slow_client", closecodes.POLICY_VIOLATION)
+            await self.close(closecodes.POLICY_VIOLATION, "client not reading")
             return False
         except (ConnectionError, RuntimeError) as e:
             log.info("ws.send_failed", error=type(e).__name__)
@@ -280,7 +301,7 @@ class AiohttpWebsocketInputTransport(BaseInputTransport):
             if payload:
                 await self._client.send(payload)
         if self._bad_frames >= self._ws_params.max_bad_frames:
-            await self._client.close(CLOSE_INVALID_PAYLOAD, "too many undecodable frames")
+            await self._client.close(closecodes.INVALID_PAYLOAD, "too many undecodable frames")
             return True
         return False
 
@@ -381,7 +402,7 @@ class AiohttpWebsocketTransport(BaseTransport):
         count_in: Callable[[], None] = _noop,
         count_out: Callable[[], None] = _noop,
         on_bad_frame: Callable[[], None] = _noop,
-        on_protocol_error: Callable[[int], None] = lambda _code: None,
+        on_reject: Callable[[str, int], None] = _no_reject,
         on_message: Callable[[dict[str, Any]], None] | None = None,
         input_name: str | None = None,
         output_name: str | None = None,
@@ -395,9 +416,10 @@ class AiohttpWebsocketTransport(BaseTransport):
             on_timeout=lambda: self._call_event_handler("on_session_timeout", ws),
             send_timeout=params.send_timeout,
             close_timeout=params.close_timeout,
+            idle_timeout=params.idle_timeout,
             count_in=count_in,
             count_out=count_out,
-            on_protocol_error=on_protocol_error,
+            on_reject=on_reject,
         )
         self._input = AiohttpWebsocketInputTransport(
             self, self._client, params, on_bad_frame=on_bad_frame, name=self._input_name

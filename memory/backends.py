@@ -22,6 +22,7 @@ import httpx
 from mem0 import Memory, MemoryClient
 from mem0.configs.base import MemoryConfig
 from mem0.llms.configs import LlmConfig
+from mem0.memory.main import _escape_scope_value
 from mem0.vector_stores.configs import VectorStoreConfig
 from psycopg_pool import ConnectionPool
 
@@ -173,12 +174,58 @@ class TenantMemory:
     async def all_memories(self, scope: MemoryScope, limit: int = 10_000) -> list[dict[str, Any]]:
         return await self.recent(scope, limit)
 
+    async def forget(self, scope: MemoryScope, timeout: float = 120.0) -> int:
+        """Erase everything stored for the scope's user (or agent/run); return how many memories.
+
+        A data-subject erasure: queued writes land first (so a just-said sentence is not left
+        behind), then every memory row goes, then mem0's SQLite history and message log, which
+        otherwise keep the erased text as ``old_memory`` of the DELETE event.
+        """
+        await self.writes.settle(timeout)
+        filters = scope.retrieval_filters()
+        client = self.client
+        if isinstance(client, MemoryClient):
+            remote = client
+            count = len(await self.all_memories(scope))
+            await self._call("delete_all", lambda: remote.delete_all(**filters), timeout)
+            return count
+        local = client
+        return await self._call("delete_all", lambda: _erase_local(local, filters), timeout)
+
     async def close(self, drain_timeout: float) -> bool:
         drained = await self.writes.drain(drain_timeout)
         if self._pool is not None:
             pool = self._pool
             await asyncio.get_running_loop().run_in_executor(self._executor, pool.close)
         return drained
+
+
+def _erase_local(client: Memory, filters: dict[str, str], batch: int = 500) -> int:
+    """Delete through mem0's public ``delete`` (it also cleans its entity store), then purge history."""
+    deleted = 0
+    previous: set[str] = set()
+    while True:
+        ids = {str(row.id) for row in client.vector_store.list(filters=filters, top_k=batch)[0]}
+        if not ids:
+            break
+        if ids == previous:
+            raise RuntimeError("memories did not go away when deleted")
+        for memory_id in ids:
+            client.delete(memory_id)
+        deleted += len(ids)
+        previous = ids
+    # mem0's message log is keyed "agent_id=…&run_id=…&user_id=…"; a row is this scope's when it
+    # carries every one of the scope's IDs.
+    tokens = [f"&{key}={_escape_scope_value(value)}&" for key, value in sorted(filters.items())]
+    match = " AND ".join(["instr('&' || session_scope || '&', ?) > 0"] * len(tokens))
+    db = client.db
+    with db._lock:
+        db.connection.execute(
+            "DELETE FROM history WHERE memory_id IN (SELECT memory_id FROM history WHERE event = 'DELETE')"
+        )
+        db.connection.execute(f"DELETE FROM messages WHERE {match}", tokens)
+        db.connection.commit()
+    return deleted
 
 
 @dataclass

@@ -97,6 +97,14 @@ class WriteQueue:
         if not job.done.done():
             job.done.set_result(ok)
 
+    async def settle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for what is queued now (the queue stays open); True if it all landed."""
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
     async def drain(self, timeout: float) -> bool:
         """Stop accepting writes and wait up to ``timeout`` s for queued ones; True if all finished."""
         self._closing = True

@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
-from gateway.app import backends_key, create_app, state_key
+from gateway.app import backends_key, create_app, server_options, state_key
 from gateway.logging import configure_logging
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
@@ -167,7 +167,7 @@ async def make_gateway(
             embed_model=embed_model,
         )
         app = create_app(settings, tenants=TenantRegistry(configs), metrics=metrics, backends=backends)
-        server = TestServer(app, host="127.0.0.1", port=0)
+        server = TestServer(app, host="127.0.0.1", port=0, **server_options(settings))
         await server.start_server()
         http = aiohttp.ClientSession()
         gw = RunningGateway(app, server, http, metrics, keys, specs[0]["name"])

@@ -56,6 +56,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from gateway.app import create_app, server_options
     from gateway.locallm import LocalLLMServer
+    from gateway.tenants import TenantFileError
 
     log = get_logger("gateway.cli")
     local_llm = None
@@ -65,7 +66,11 @@ def serve(args: argparse.Namespace) -> int:
             update={"llm_base_url": local_llm.start(), "llm_model": local_llm.model}
         )
     try:
-        app = create_app(settings)
+        try:
+            app = create_app(settings)
+        except TenantFileError as e:
+            print(f"error: bad tenants file: {e}", file=sys.stderr)
+            return 2
         log.info("gateway.listening", host=settings.host, port=settings.port)
         web.run_app(
             app,

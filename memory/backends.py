@@ -9,6 +9,7 @@ blocking mem0 call afterwards runs on one bounded thread pool with a timeout.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from collections.abc import Callable
@@ -185,10 +186,18 @@ class TenantMemory:
         filters = scope.retrieval_filters()
         client = self.client
         if isinstance(client, MemoryClient):
+            # The platform's delete_all takes bare IDs whose combination rules are its own; deleting
+            # exactly what our ANDed listing returns can't touch another user's memories.
             remote = client
-            count = len(await self.all_memories(scope))
-            await self._call("delete_all", lambda: remote.delete_all(**filters), timeout)
-            return count
+            deleted = 0
+            seen: set[str] = set()
+            while found := [m for m in await self.recent(scope, 100, timeout) if m.get("id") not in seen]:
+                for memory in found:
+                    memory_id = str(memory["id"])
+                    seen.add(memory_id)
+                    await self._call("delete", functools.partial(remote.delete, memory_id), timeout)
+                deleted += len(found)
+            return deleted
         local = client
         return await self._call("delete_all", lambda: _erase_local(local, filters), timeout)
 

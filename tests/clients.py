@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,9 +33,12 @@ class WireClient:
     ws: aiohttp.ClientWebSocketResponse
     serializer: str = "rtvi"
     received: list[dict[str, Any]] = field(default_factory=list)
+    on_say: Callable[[str], None] | None = None
     _proto: ProtobufFrameSerializer = field(default_factory=ProtobufFrameSerializer)
 
     async def send(self, message: dict[str, Any]) -> None:
+        if self.on_say is not None and message.get("type") == "send-text":
+            self.on_say(str(message["data"]["content"]))
         if self.serializer == "rtvi":
             await self.ws.send_str(json.dumps(message))
         else:
@@ -94,3 +98,13 @@ class WireClient:
                 decoded = await self._decode(msg)
                 if decoded is not None:
                     self.received.append(decoded)
+
+
+async def refusal_code(
+    http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
+) -> int | None:
+    """Open ``url`` and return the close code the server ends it with straight away."""
+    async with http.ws_connect(url, headers=headers) as ws:
+        msg = await ws.receive(timeout=5)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
+        return ws.close_code

@@ -1,5 +1,5 @@
 """Shared fixtures: one embedded PostgreSQL, one embedder and one fake LLM per test run; a fresh
-gateway (real aiohttp server on a loopback port 0) per test."""
+gateway (real aiohttp server on a loopback port 0) per test; a privacy audit over the whole run."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from prometheus_client import generate_latest
 from pydantic import SecretStr
 
 from gateway.app import backends_key, create_app, server_options, state_key
@@ -30,10 +31,44 @@ from gateway.tenants import TenantConfig, TenantRegistry, hash_key, new_key
 from memory.backends import MemoryBackends
 from memory.embedder import load_wordllama
 from memory.postgres import EmbeddedPostgres, prepare_database
+from tests.audit import Audit
 from tests.clients import WireClient
 from tests.fake_llm import FakeLLM
 
-configure_logging("json", os.environ.get("TEST_LOG_LEVEL", "WARNING"))
+AUDIT_KEY = pytest.StashKey[Audit]()
+AUDIT_LEVEL = os.environ.get("TEST_LOG_LEVEL", "INFO").upper()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Log the whole run at INFO, as production does, into one file the audit reads at the end."""
+    log_path = Path(tempfile.mkdtemp(prefix="mgw-log-")) / "gateway.jsonl"
+    config.stash[AUDIT_KEY] = Audit(log_path)
+    stream = log_path.open("a", encoding="utf-8", buffering=1)
+    config.add_cleanup(stream.close)
+    configure_logging("json", AUDIT_LEVEL, stream=stream)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    audit = session.config.stash.get(AUDIT_KEY, None)
+    if audit is None or AUDIT_LEVEL not in ("INFO", "WARNING", "ERROR") or not audit.secrets:
+        return
+    leaks = audit.leaks()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    summary = (
+        f"privacy audit: {len(audit.secrets)} registered values checked against "
+        f"{audit.log_path} and {len(audit.metrics_pages)} metrics pages: {len(leaks)} leaks"
+    )
+    if reporter is not None:
+        reporter.write_line(summary)
+        for leak in leaks:
+            reporter.write_line(f"  LEAK: {leak}", red=True)
+    if leaks:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def audit(pytestconfig: pytest.Config) -> Audit:
+    return pytestconfig.stash[AUDIT_KEY]
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +111,7 @@ class RunningGateway:
     metrics: GatewayMetrics
     keys: dict[str, str]
     tenant: str
+    audit: Audit
     clients: list[WireClient] = field(default_factory=list)
 
     @property
@@ -87,15 +123,20 @@ class RunningGateway:
     ) -> aiohttp.ClientResponse:
         tenant = tenant or self.tenant
         headers = {"Authorization": f"Bearer {key if key is not None else self.keys[tenant]}"}
-        return await self.http.post(
+        for name in ("user_id", "agent_id", "run_id"):
+            self.audit.register(name, body.get(name))
+        resp = await self.http.post(
             f"{self.url}/start", json={"transport": "websocket", "body": body}, headers=headers
         )
+        if resp.status == 200:
+            self.audit.register("token", (await resp.json())["token"])
+        return resp
 
     async def connect(self, serializer: str = "rtvi", tenant: str | None = None, **ids: Any) -> WireClient:
         resp = await self.start(tenant=tenant, serializer=serializer, **ids)
         assert resp.status == 200, await resp.text()
         ws = await self.http.ws_connect((await resp.json())["wsUrl"])
-        client = WireClient(ws, serializer)
+        client = WireClient(ws, serializer, on_say=lambda text: self.audit.register("message text", text, 12))
         self.clients.append(client)
         return client
 
@@ -115,6 +156,13 @@ class RunningGateway:
         value = self.metrics.registry.get_sample_value(name, labels)
         return float(value or 0.0)
 
+    async def settle_sessions(self, live: int, timeout: float = 15.0) -> None:
+        """Wait until exactly ``live`` sessions are running."""
+        state = self.app[state_key]
+        async with asyncio.timeout(timeout):
+            while sum(state.active_by_tenant.values()) != live:
+                await asyncio.sleep(0.02)
+
     async def settle(self, timeout: float = 15.0) -> None:
         """Wait until no session is live and every memory write has landed."""
         state = self.app[state_key]
@@ -129,7 +177,7 @@ GatewayFactory = Callable[..., Awaitable[RunningGateway]]
 
 @pytest.fixture
 async def make_gateway(
-    tmp_root: Path, database_url: str, embed_model: Any, fake_llm: FakeLLM
+    tmp_root: Path, database_url: str, embed_model: Any, fake_llm: FakeLLM, audit: Audit
 ) -> AsyncIterator[GatewayFactory]:
     running: list[RunningGateway] = []
 
@@ -138,14 +186,17 @@ async def make_gateway(
         tenants: list[dict[str, Any]] | None = None,
         llm: bool = True,
         database: str | bool | None = True,
+        tenants_file: bool = False,
         **overrides: Any,
     ) -> RunningGateway:
+        """``tenants_file=True`` loads the tenants from a YAML file the gateway watches (reload tests)."""
         data_dir = tmp_root / unique("gw")
         specs = tenants or [{"name": unique("acme")}]
         keys: dict[str, str] = {}
         configs = []
         for spec in specs:
             key = new_key()
+            audit.register("API key", key)
             keys[spec["name"]] = key
             spec = {**spec, "api_keys": [hash_key(key)]}
             if llm:
@@ -166,11 +217,15 @@ async def make_gateway(
             observer=metrics,
             embed_model=embed_model,
         )
-        app = create_app(settings, tenants=TenantRegistry(configs), metrics=metrics, backends=backends)
+        registry = TenantRegistry(configs)
+        if tenants_file:
+            registry.save(data_dir / "tenants.yaml")
+            registry = TenantRegistry.load(data_dir / "tenants.yaml")
+        app = create_app(settings, tenants=registry, metrics=metrics, backends=backends)
         server = TestServer(app, host="127.0.0.1", port=0, **server_options(settings))
         await server.start_server()
         http = aiohttp.ClientSession()
-        gw = RunningGateway(app, server, http, metrics, keys, specs[0]["name"])
+        gw = RunningGateway(app, server, http, metrics, keys, specs[0]["name"], audit)
         running.append(gw)
         return gw
 
@@ -178,6 +233,7 @@ async def make_gateway(
     for gw in running:
         for client in gw.clients:
             await client.ws.close()
+        audit.metrics_pages.append(generate_latest(gw.metrics.registry).decode())
         await gw.http.close()
         await gw.server.close()
 

@@ -47,6 +47,7 @@ class FakeMem0:
         app.router.add_post("/v3/memories/add/", self._add)
         app.router.add_post("/v3/memories/", self._list)
         app.router.add_post("/v3/memories/search/", self._search)
+        app.router.add_delete("/v1/memories/{memory_id}/", self._delete)
         self.server = TestServer(app, host="127.0.0.1", port=0)
         await self.server.start_server()
 
@@ -91,6 +92,16 @@ class FakeMem0:
         return web.json_response(
             {"count": len(found), "next": None, "previous": None, "results": found[:size]}
         )
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        project = self._project(request)
+        memory_id = request.match_info["memory_id"]
+        self.requests.append(("delete", {"id": memory_id}))
+        before = len(project)
+        project[:] = [m for m in project if m["id"] != memory_id]
+        if len(project) == before:
+            return web.json_response({"detail": "Memory not found"}, status=404)
+        return web.json_response({"message": "Memory deleted successfully!"})
 
     async def _search(self, request: web.Request) -> web.Response:
         project = self._project(request)

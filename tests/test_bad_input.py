@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-import aiohttp
 import pytest
 
-from tests.clients import WireClient
+from tests.clients import WireClient, refusal_code
 from tests.conftest import GatewayFactory, RunningGateway, unique
 
 
@@ -33,10 +32,7 @@ async def test_start_with_unknown_key_is_401(gateway: RunningGateway) -> None:
 
 
 async def _close_code(gateway: RunningGateway, url: str) -> int | None:
-    ws = await gateway.http.ws_connect(url)
-    msg = await ws.receive(timeout=5)
-    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
-    return ws.close_code
+    return await refusal_code(gateway.http, url)
 
 
 async def test_garbage_token_is_closed_with_4001(gateway: RunningGateway) -> None:

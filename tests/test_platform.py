@@ -56,3 +56,19 @@ async def test_platform_filters_and_the_ids_so_a_shared_agent_never_leaks_anothe
     adds = [body for op, body in mem0_cloud.requests if op == "add"]
     assert adds and all(body["infer"] is False for body in adds)
     assert all(body["user_id"].startswith(f"{cloud_gateway.tenant}/") for body in adds)
+
+
+async def test_platform_erasure_deletes_exactly_the_users_memories_by_id(
+    cloud_gateway: RunningGateway, mem0_cloud: FakeMem0
+) -> None:
+    await cloud_gateway.tell("My secret hobby is falconry", user_id="ada", agent_id="shared-bot")
+    await cloud_gateway.tell("I play the oboe", user_id="bob", agent_id="shared-bot")
+    headers = {"Authorization": f"Bearer {cloud_gateway.keys[cloud_gateway.tenant]}"}
+
+    async with cloud_gateway.http.delete(
+        f"{cloud_gateway.url}/v1/memories", params={"user_id": "ada"}, headers=headers
+    ) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["deleted"] == 2
+    remaining = [m["memory"] for project in mem0_cloud.memories.values() for m in project]
+    assert sorted(remaining) == ["I heard: I play the oboe", "I play the oboe"]

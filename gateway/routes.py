@@ -358,18 +358,30 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 @web.middleware
-async def fresh_log_context(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Requests on one keep-alive connection share a task; never let one's tenant tag the next."""
+async def request_context(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Fresh log context per request, and a bare 500 for anything unexpected.
+
+    Requests on one keep-alive connection share a task: never let one's tenant tag the next. An
+    unexpected exception is logged with its traceback here and answered without one.
+    """
     structlog.contextvars.clear_contextvars()
     try:
         response: web.StreamResponse = await handler(request)
         return response
+    except web.HTTPException:
+        raise
+    except Exception:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            raise  # the socket may be open already; the WebSocket handler closes with 1011 itself
+        log.exception("http.internal_error", path=request.path)
+        tenant = structlog.contextvars.get_contextvars().get("tenant")
+        return _reject(request, tenant, "internal_error", 500, "internal error")
     finally:
         structlog.contextvars.clear_contextvars()
 
 
 def setup(app: web.Application) -> None:
-    app.middlewares.append(fresh_log_context)
+    app.middlewares.append(request_context)
     app.router.add_post("/start", start)
     app.router.add_get("/ws-client/{token}", websocket)
     app.router.add_get("/ws", websocket)

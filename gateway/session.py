@@ -11,12 +11,19 @@ Pipeline (text mode)::
 
 ``LLMTextProcessor`` turns LLM tokens into sentence-sized ``AggregatedTextFrame``s; with ``skip_tts``
 set (text mode) RTVI then emits ``bot-output`` for them, which is what web clients display.
+
+Voice mode (the tenant's optional ``stt`` / ``tts``, built by ``gateway.voice``) adds the STT after the
+transport input (with a VAD on the user aggregator) and puts the TTS where ``TextOnlyOutput`` and
+``LLMTextProcessor`` stand::
+
+    transport.input ─▶ [RTVI] ─▶ [STT] ─▶ user aggregator (+VAD) ─▶ GatewayMemoryService ─▶ LLM
+        ─▶ [TTS] ─▶ transport.output ─▶ assistant aggregator
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
 
@@ -47,6 +54,7 @@ from gateway.settings import Settings
 from gateway.tenants import TenantConfig
 from gateway.tokens import SessionClaims
 from gateway.transport import AiohttpWebsocketParams, AiohttpWebsocketTransport
+from gateway.voice import VoiceModels, build_voice
 from memory.backends import TenantMemory
 from memory.scope import MemoryScope
 from memory.service import GatewayMemoryService
@@ -65,6 +73,8 @@ class SessionDeps:
     settings: Settings
     metrics: GatewayMetrics
     http_client: DefaultAsyncHttpxClient
+    # Voice's ONNX sessions, opened on the first voice session and shared by all (gateway.voice).
+    voice_models: VoiceModels = field(default_factory=VoiceModels)
 
 
 def _outcome(close_code: int | None, failed: bool) -> str:
@@ -116,6 +126,7 @@ class Session:
         ws_out = metrics.ws_messages_total.labels(name, "out")
         bad_frames = metrics.rejections_total.labels(name, "undecodable_frame")
         settings = deps.settings
+        voice = build_voice(tenant, deps.voice_models, deps.http_client)
 
         self.transport = AiohttpWebsocketTransport(
             ws,
@@ -124,6 +135,8 @@ class Session:
                 max_bad_frames=settings.max_bad_frames,
                 send_timeout=settings.send_timeout_secs,
                 idle_timeout=settings.idle_timeout_secs,
+                audio_in_enabled=voice.audio_in,
+                audio_out_enabled=voice.audio_out,
             ),
             count_in=ws_in.inc,
             count_out=ws_out.inc,
@@ -138,7 +151,10 @@ class Session:
             start=[TranscriptionUserTurnStartStrategy()], stop=[SpeechTimeoutUserTurnStopStrategy()]
         )
         aggregators = LLMContextAggregatorPair(
-            self.context, user_params=LLMUserAggregatorParams(user_turn_strategies=turn_strategies)
+            self.context,
+            user_params=LLMUserAggregatorParams(
+                user_turn_strategies=voice.turn_strategies or turn_strategies, vad_analyzer=voice.vad_analyzer
+            ),
         )
         mem = tenant.memory
         self.memory = GatewayMemoryService(
@@ -156,18 +172,23 @@ class Session:
         pipeline = Pipeline(
             [
                 self.transport.input(),
+                *voice.input_processors(),
                 aggregators.user(),
                 self.memory,
                 llm,
-                TextOnlyOutput(),
-                LLMTextProcessor(),
+                *([voice.tts] if voice.tts is not None else [TextOnlyOutput(), LLMTextProcessor()]),
                 self.transport.output(),
                 aggregators.assistant(),
             ]
         )
         self.worker = PipelineWorker(
             pipeline,
-            params=PipelineParams(enable_metrics=True, enable_usage_metrics=True),
+            params=PipelineParams(
+                enable_metrics=True,
+                enable_usage_metrics=True,
+                audio_in_sample_rate=voice.audio_in_sample_rate,
+                audio_out_sample_rate=voice.audio_out_sample_rate,
+            ),
             idle_timeout_secs=None,
             check_dangling_tasks=False,
             conversation_id=self.id,

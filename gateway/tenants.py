@@ -47,6 +47,107 @@ class LLMSettings(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
 
 
+ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+# The voices Pipecat's OpenAITTSService accepts (pipecat.services.openai.tts.VALID_VOICES; a test keeps the
+# two in step). Checked here so a typo fails the tenants file instead of every utterance at run time.
+OpenAIVoice = Literal[
+    "alloy",
+    "ash",
+    "ballad",
+    "cedar",
+    "coral",
+    "echo",
+    "fable",
+    "marin",
+    "nova",
+    "onyx",
+    "sage",
+    "shimmer",
+    "verse",
+]
+
+
+def _env_name(name: str | None) -> str | None:
+    if name is not None and not ENV_NAME_PATTERN.fullmatch(name):
+        # Never echo the value: a pasted key is the likeliest mistake.
+        raise ValueError("must be the NAME of an environment variable (like OPENAI_API_KEY), not a key")
+    return name
+
+
+class VADSettings(BaseModel):
+    """Silero VAD tuning for voice input; unset fields keep Pipecat's defaults.
+
+    Pipecat's defaults (confidence 0.7, start 0.2 s, stop 0.2 s, min volume 0.6) are what its STT latency
+    figures and turn strategies assume, so change them only with a reason.
+    """
+
+    confidence: float | None = Field(default=None, ge=0, le=1)
+    start_secs: float | None = Field(default=None, gt=0, le=2)
+    stop_secs: float | None = Field(default=None, gt=0, le=2)
+    min_volume: float | None = Field(default=None, ge=0, le=1)
+
+
+class STTSettings(BaseModel):
+    """Voice in: an OpenAI-compatible ``/audio/transcriptions`` endpoint (OpenAI, Speaches, vLLM, …).
+
+    Pipecat's ``OpenAISTTService`` is segmented: a local Silero VAD cuts the caller's audio into
+    utterances and each utterance is one transcription request. Clients send 16-bit mono PCM at
+    ``sample_rate`` (Silero works at 8 or 16 kHz only).
+    """
+
+    base_url: str | None = Field(default=None, pattern=r"^https?://", description="default: OpenAI")
+    model: str | None = Field(default=None, min_length=1, description="default: Pipecat's for the service")
+    api_key_env: str | None = Field(
+        default=None,
+        description="name of the env var holding the key; default OPENAI_API_KEY for OpenAI itself, "
+        "none for a custom base_url",
+    )
+    language: str = Field(default="en", description="a Pipecat Language code: en, en-US, de, pt-BR, …")
+    prompt: str | None = Field(default=None, description="vocabulary / style hint for the transcriber")
+    sample_rate: Literal[8000, 16000] = 16000
+    vad: VADSettings = Field(default_factory=VADSettings)
+    turn_detection: Literal["speech_timeout", "smart_turn"] = Field(
+        default="speech_timeout",
+        description="speech_timeout: the turn ends speech_timeout_secs after VAD silence (no model); "
+        "smart_turn: Pipecat's smart-turn v3 model decides (one ONNX session shared by the process, "
+        "≈100 ms of CPU per user pause)",
+    )
+    speech_timeout_secs: float = Field(default=0.6, gt=0, le=5)
+
+    _api_key_env = field_validator("api_key_env")(_env_name)
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, code: str) -> str:
+        # Imported here, not at module level: the CLI loads tenants without loading Pipecat, and only
+        # voice tenants reach this.
+        from pipecat.transcriptions.language import Language
+
+        try:
+            Language(code)
+        except ValueError:
+            raise ValueError(f"{code!r} is not a language code Pipecat knows (like en, en-US, de)") from None
+        return code
+
+
+class TTSSettings(BaseModel):
+    """Voice out: an OpenAI-compatible ``/audio/speech`` endpoint returning 24 kHz 16-bit PCM."""
+
+    base_url: str | None = Field(default=None, pattern=r"^https?://", description="default: OpenAI")
+    model: str | None = Field(default=None, min_length=1, description="default: Pipecat's for the service")
+    api_key_env: str | None = Field(
+        default=None,
+        description="name of the env var holding the key; default OPENAI_API_KEY for OpenAI itself, "
+        "none for a custom base_url",
+    )
+    voice: OpenAIVoice = "alloy"
+    instructions: str | None = Field(default=None, description="how to speak (gpt-4o-mini-tts and later)")
+    speed: float | None = Field(default=None, ge=0.25, le=4.0)
+
+    _api_key_env = field_validator("api_key_env")(_env_name)
+
+
 class GreetingSettings(BaseModel):
     max_memories: int = Field(default=3, ge=0, le=10)
     deadline_secs: float | None = Field(default=None, gt=0, le=30, description="default: process setting")
@@ -86,6 +187,8 @@ class TenantConfig(BaseModel):
     llm: LLMSettings = Field(default_factory=LLMSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     greeting: GreetingSettings = Field(default_factory=GreetingSettings)
+    stt: STTSettings | None = Field(default=None, description="voice in; unset = text only")
+    tts: TTSSettings | None = Field(default=None, description="voice out; unset = text only")
 
     @field_validator("api_keys")
     @classmethod

@@ -107,6 +107,9 @@ def create_app(
     app.cleanup_ctx.append(_memory_ctx)
     app.cleanup_ctx.append(_deps_ctx)
     app.cleanup_ctx.append(_tenants_reload_ctx)
+    if settings.metrics_port is not None:
+        app.cleanup_ctx.append(_metrics_site_ctx)
+    app[metrics_key].publish_limits(_limits(app[tenants_key]))
     app.on_shutdown.append(_drain)
     routes.setup(app)
     return app
@@ -149,6 +152,30 @@ async def _drain(app: web.Application) -> None:
     for entry in state.prefetches.values():
         entry.task.cancel()
     state.prefetches.clear()
+
+
+def _limits(registry: TenantRegistry) -> dict[str, int]:
+    return {tenant.name: tenant.max_sessions for tenant in registry if tenant.active}
+
+
+metrics_runner_key = web.AppKey("metrics_runner", web.AppRunner)
+
+
+async def _metrics_site_ctx(app: web.Application) -> AsyncIterator[None]:
+    """``/metrics`` on its own port, so the public port needn't expose it (scrapers reach it in-cluster)."""
+    from prometheus_client.aiohttp import make_aiohttp_handler
+
+    settings = app[settings_key]
+    metrics_app = web.Application()
+    metrics_app.router.add_get("/metrics", make_aiohttp_handler(app[metrics_key].registry))
+    runner = web.AppRunner(metrics_app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.metrics_port)
+    await site.start()
+    app[metrics_runner_key] = runner  # runner.addresses: the bound port, when asked for port 0
+    log.info("metrics.listening", port=runner.addresses[0][1])
+    yield
+    await runner.cleanup()
 
 
 def _monotonic() -> float:
@@ -208,6 +235,7 @@ class TenantReloader:
                 if old is not None and old.memory != tenant.memory:
                     log.warning("tenants.memory_change_needs_restart", changed_tenant=tenant.name)
             registry.replace(fresh)
+            metrics.publish_limits(_limits(registry))
             metrics.tenant_reloads_total.labels("ok").inc()
             log.info("tenants.reloaded", trigger=trigger, tenants=len(fresh))
             return True

@@ -2,6 +2,9 @@
 
 Labels are bounded: tenant, outcome, reason, operation, backend, direction, service, kind — never a
 user, session or message. Buckets span conversational latency, 5 ms … 10 s.
+
+Where Pipecat measures something itself (TTFB, token usage, user→bot latency in voice mode) the value
+comes from its ``MetricsFrame``s and observers (``gateway.observers``), not from a second stopwatch.
 """
 
 from __future__ import annotations
@@ -73,6 +76,32 @@ class GatewayMetrics:
         self.memory_pending_writes = Gauge(
             "gateway_memory_pending_writes", "Queued memory writes", ["tenant"], registry=r
         )
+        self.ttfb_seconds = Histogram(
+            "gateway_ttfb_seconds",
+            "Pipecat time to first byte per service (llm, stt, tts)",
+            ["tenant", "service"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.user_bot_latency_seconds = Histogram(
+            "gateway_user_bot_latency_seconds",
+            "User turn end to first bot output",
+            ["tenant"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.llm_tokens_total = Counter(
+            "gateway_llm_tokens_total",
+            "LLM tokens by kind (prompt, completion)",
+            ["tenant", "kind"],
+            registry=r,
+        )
+        self.tenant_max_sessions = Gauge(
+            "gateway_tenant_max_sessions",
+            "Configured concurrent-session limit per tenant",
+            ["tenant"],
+            registry=r,
+        )
         self.ws_messages_total = Counter(
             "gateway_ws_messages_total", "WebSocket messages", ["tenant", "direction"], registry=r
         )
@@ -84,6 +113,7 @@ class GatewayMetrics:
         )
         self.build_info = Gauge("gateway_build_info", "Versions", ["version", "pipecat", "mem0"], registry=r)
         self.build_info.labels(__version__, _version("pipecat-ai"), _version("mem0ai")).set(1)
+        self._limit_labels: set[str] = set()
 
     # memory.backends.MemoryObserver
     def memory_call(self, tenant: str, operation: str, backend: str, seconds: float, ok: bool) -> None:
@@ -96,3 +126,11 @@ class GatewayMetrics:
 
     def reject(self, tenant: str | None, reason: str) -> None:
         self.rejections_total.labels(tenant or "unknown", reason).inc()
+
+    def publish_limits(self, limits: dict[str, int]) -> None:
+        """Export each active tenant's session limit; tenants gone from the file are dropped."""
+        for tenant in self._limit_labels - limits.keys():
+            self.tenant_max_sessions.remove(tenant)
+        for tenant, limit in limits.items():
+            self.tenant_max_sessions.labels(tenant).set(limit)
+        self._limit_labels = set(limits)

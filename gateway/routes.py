@@ -10,6 +10,7 @@ no other tenant, and a valid key of tenant B sees only B's data whatever IDs it 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 from typing import Any
@@ -206,6 +207,12 @@ def _claims_match(request: web.Request, claims: SessionClaims) -> bool:
     return True
 
 
+def _abort(request: web.Request) -> None:
+    """Drop the TCP connection under a WebSocket that can no longer be closed politely."""
+    if request.transport is not None:
+        request.transport.abort()
+
+
 def _admission(
     request: web.Request, tenant: TenantConfig, claims: SessionClaims, active: int
 ) -> tuple[str, int, str] | None:
@@ -270,6 +277,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 serializer=requested or claims.serializer or "protobuf",
                 prefetch=prefetch.task if prefetch else None,
                 accepted_at=accepted_at,
+                abort=functools.partial(_abort, request),
             )
         except Exception:
             log.exception("ws.session_setup_failed")
@@ -389,4 +397,5 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/v1/memories", memories)
     app.router.add_delete("/v1/memories", memories)
-    app.router.add_get("/metrics", make_aiohttp_handler(app[metrics_key].registry))
+    if app[settings_key].metrics_port is None:
+        app.router.add_get("/metrics", make_aiohttp_handler(app[metrics_key].registry))

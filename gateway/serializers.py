@@ -5,7 +5,10 @@ Pipecat's ``WebsocketClientTransport`` speak). ``rtvi`` is RTVI JSON text as spo
 ``RTVIClientTransport`` — Pipecat ships only the *client* side of that, so the server side is here.
 
 Both raise ``UndecodableFrame`` instead of quietly returning ``None`` for garbage, so the transport can
-answer with an RTVI ``error`` message, count it, and close with 1007 after repeated abuse.
+answer with an RTVI ``error`` message, count it, and close with 1007 after repeated abuse. Both hold
+RTVI messages to what Pipecat's handlers can take (``check_message``): a message that would make a
+handler raise deep in the pipeline is refused at the door instead, and the few errors Pipecat does
+send back are scrubbed of Python exception text on the way out (``public_message``).
 """
 
 from __future__ import annotations
@@ -28,10 +31,80 @@ from pipecat.serializers.base_serializer import FrameSerializer
 from pipecat.serializers.protobuf import ProtobufFrameSerializer
 
 SERIALIZERS = ("protobuf", "rtvi")
+MAX_DEPTH = 32
+SAMPLE_RATES = range(8000, 48001)
+CHANNELS = (1, 2)
 
 
 class UndecodableFrame(ValueError):
     """A client message that is not a frame of the negotiated protocol."""
+
+
+def _check_value(value: Any, depth: int = 0) -> None:
+    """Bounded nesting, and text that is real Unicode (JSON can escape lone surrogates into a string)."""
+    if depth > MAX_DEPTH:
+        raise UndecodableFrame("message nested too deeply")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UndecodableFrame("text is not valid Unicode") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_value(key, depth + 1)
+            _check_value(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_value(item, depth + 1)
+
+
+def _audio_format(data: dict[str, Any]) -> tuple[int, int]:
+    rate, channels = data.get("sampleRate", 16000), data.get("numChannels", 1)
+    if type(rate) is not int or rate not in SAMPLE_RATES:
+        raise UndecodableFrame("sampleRate must be an integer from 8000 to 48000")
+    if type(channels) is not int or channels not in CHANNELS:
+        raise UndecodableFrame("numChannels must be 1 or 2")
+    return rate, channels
+
+
+def check_message(message: Any) -> dict[str, Any]:
+    """An RTVI client message Pipecat's RTVI processor can handle without raising, or ``UndecodableFrame``."""
+    if not isinstance(message, dict) or message.get("label") != RTVI.MESSAGE_LABEL:
+        raise UndecodableFrame("not an RTVI message")
+    if not isinstance(message.get("type"), str):
+        raise UndecodableFrame("RTVI message without a type")
+    _check_value(message)
+    kind, data = message["type"], message.get("data")
+    if kind in ("raw-audio", "raw-audio-batch"):
+        if not isinstance(data, dict):
+            raise UndecodableFrame(f"{kind} without data")
+        _audio_format(data)
+        field = "base64Audio" if kind == "raw-audio" else "base64AudioBatch"
+        chunks = data.get(field)
+        if not isinstance(chunks, list if kind == "raw-audio-batch" else str):
+            raise UndecodableFrame(f"{kind} needs {field}")
+    return message
+
+
+def public_message(message: dict[str, Any]) -> dict[str, Any]:
+    """An outgoing RTVI message with any Python exception or validation text replaced.
+
+    Pipecat's RTVI processor answers a failing handler with ``Exception processing message: <str(e)>``
+    and invalid data with pydantic's error text (model names, the input, a docs link with the library
+    version); a client needs to know its message was refused, not our internals.
+    """
+    if message.get("type") not in ("error", "error-response"):
+        return message
+    data = message.get("data")
+    if not isinstance(data, dict) or not isinstance(text := data.get("error"), str):
+        return message
+    if text.startswith("Exception processing message"):
+        public = "could not process the message"
+    elif "validation error" in text or "errors.pydantic.dev" in text:
+        public = "invalid message data"
+    else:
+        return message
+    return {**message, "data": {**data, "error": public}}
 
 
 class RTVIJsonSerializer(FrameSerializer):
@@ -45,7 +118,7 @@ class RTVIJsonSerializer(FrameSerializer):
         if isinstance(frame, (OutputTransportMessageFrame, OutputTransportMessageUrgentFrame)):
             message = frame.message
             if isinstance(message, dict) and message.get("label") == RTVI.MESSAGE_LABEL:
-                return json.dumps(message)
+                return json.dumps(public_message(message))
             return None
         if isinstance(frame, OutputAudioRawFrame):
             self._next_id += 1
@@ -65,26 +138,19 @@ class RTVIJsonSerializer(FrameSerializer):
 
     async def deserialize(self, data: str | bytes) -> Frame | None:
         try:
-            message = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
+            message = check_message(json.loads(data))
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, RecursionError) as e:
             raise UndecodableFrame("not JSON") from e
-        if not isinstance(message, dict) or message.get("label") != RTVI.MESSAGE_LABEL:
-            raise UndecodableFrame("not an RTVI message")
-        if not isinstance(message.get("type"), str):
-            raise UndecodableFrame("RTVI message without a type")
         if message["type"] == "raw-audio":
-            payload = message.get("data")
-            if not isinstance(payload, dict):
-                raise UndecodableFrame("raw-audio without data")
+            payload = message["data"]
+            rate, channels = _audio_format(payload)
             try:
-                audio = base64.b64decode(str(payload.get("base64Audio", "")), validate=True)
-                return InputAudioRawFrame(
-                    audio=audio,
-                    sample_rate=int(payload.get("sampleRate", 16000)),
-                    num_channels=int(payload.get("numChannels", 1)),
-                )
-            except (binascii.Error, ValueError, TypeError) as e:
-                raise UndecodableFrame("bad raw-audio") from e
+                audio = base64.b64decode(payload["base64Audio"], validate=True)
+            except (binascii.Error, ValueError) as e:
+                raise UndecodableFrame("raw-audio is not base64") from e
+            if len(audio) % (2 * channels):
+                raise UndecodableFrame("raw-audio must be whole 16-bit samples")
+            return InputAudioRawFrame(audio=audio, sample_rate=rate, num_channels=channels)
         return InputTransportMessageFrame(message=message)
 
 
@@ -100,7 +166,21 @@ class StrictProtobufSerializer(ProtobufFrameSerializer):
             raise UndecodableFrame("not a protobuf frame") from e
         if frame is None:
             raise UndecodableFrame("unsupported protobuf frame")
+        if isinstance(frame, InputTransportMessageFrame):
+            check_message(frame.message)
+        elif isinstance(frame, InputAudioRawFrame):
+            if frame.sample_rate not in SAMPLE_RATES or frame.num_channels not in CHANNELS:
+                raise UndecodableFrame("audio must be 8000-48000 Hz, 1 or 2 channels")
         return frame
+
+    async def serialize(self, frame: Frame) -> str | bytes | None:
+        if isinstance(frame, (OutputTransportMessageFrame, OutputTransportMessageUrgentFrame)) and isinstance(
+            frame.message, dict
+        ):
+            scrubbed = public_message(frame.message)
+            if scrubbed is not frame.message:
+                frame = type(frame)(message=scrubbed)
+        return await super().serialize(frame)
 
 
 def create_serializer(name: str) -> FrameSerializer:

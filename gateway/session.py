@@ -23,6 +23,7 @@ transport input (with a VAD on the user aggregator) and puts the TTS where ``Tex
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 from aiohttp import WSCloseCode, web
 from openai import DefaultAsyncHttpxClient
 from pipecat.frames.frames import LLMFullResponseEndFrame, LLMFullResponseStartFrame, LLMTextFrame
+from pipecat.observers.base_observer import BaseObserver
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext
@@ -49,6 +51,7 @@ from gateway import greeting as greetings
 from gateway.llm import LLMNotConfigured, TextOnlyOutput, create_llm, resolve_endpoint
 from gateway.logging import get_logger
 from gateway.metrics import GatewayMetrics
+from gateway.observers import SessionMetricsObserver
 from gateway.serializers import create_serializer
 from gateway.settings import Settings
 from gateway.tenants import TenantConfig
@@ -106,6 +109,7 @@ class Session:
         serializer: str,
         prefetch: asyncio.Task[Any] | None,
         accepted_at: float,
+        abort: Callable[[], None] = lambda: None,
     ) -> None:
         self.id = claims.session_id
         self.tenant = tenant
@@ -142,6 +146,7 @@ class Session:
             count_out=ws_out.inc,
             on_bad_frame=bad_frames.inc,
             on_reject=self._on_reject,
+            abort=abort,
             on_message=self._on_message_sent,
         )
         self.context = LLMContext()
@@ -181,8 +186,21 @@ class Session:
                 aggregators.assistant(),
             ]
         )
+        services = {llm.name: "llm"} if endpoint is not None else {}
+        services.update(
+            {p.name: kind for kind, p in (("stt", voice.stt), ("tts", voice.tts)) if p is not None}
+        )
+        # Voice in and out: Pipecat's own VAD-stop → bot-speech observer; otherwise turn end → first text.
+        spoken = voice.audio_in and voice.audio_out
+        observer = SessionMetricsObserver(
+            metrics=metrics, tenant=name, services=services, text_latency=not spoken
+        )
+        observers: list[BaseObserver] = (
+            [observer, observer.voice_latency_observer()] if spoken else [observer]
+        )
         self.worker = PipelineWorker(
             pipeline,
+            observers=observers,
             params=PipelineParams(
                 enable_metrics=True,
                 enable_usage_metrics=True,

@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     )
     token_secret: SecretStr | None = Field(default=None, description="unset = generated, kept in data_dir")
     token_ttl_secs: float = Field(default=60.0, gt=0, le=3600)
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="serve /metrics on this port only (same host); unset = main port",
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 

@@ -93,8 +93,10 @@ class AiohttpWebsocketClient:
         count_in: Callable[[], None] = _noop,
         count_out: Callable[[], None] = _noop,
         on_reject: Callable[[str, int], None] = _no_reject,
+        abort: Callable[[], None] = _noop,
     ) -> None:
         self._ws = ws
+        self._abort = abort
         self._on_reject = on_reject
         self._idle_timeout = idle_timeout
         self._on_connected = on_connected
@@ -172,19 +174,34 @@ class AiohttpWebsocketClient:
         return True
 
     async def close(self, code: int = WSCloseCode.OK, reason: str = "") -> None:
-        """Close the socket once; later calls (from any teardown path) are no-ops."""
+        """Close the socket once; later calls (from any teardown path) are no-ops.
+
+        A close that cannot complete — the client stopped reading, so not even the close frame goes
+        out — aborts the TCP connection: otherwise aiohttp waits for the unsent data forever, the
+        socket's buffers stay allocated and the receive loop never sees the end.
+        """
         if self._closing:
             return
         self._closing = True
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
-        if not self._ws.closed:
-            try:
-                await asyncio.wait_for(
-                    self._ws.close(code=code, message=reason.encode()[:120]), self._close_timeout
-                )
-            except (TimeoutError, ConnectionError, RuntimeError):
-                pass
+        if self._ws.closed:
+            return
+        try:
+            await asyncio.wait_for(
+                self._ws.close(code=code, message=reason.encode()[:120]), self._close_timeout
+            )
+            return
+        except asyncio.CancelledError:
+            # aiohttp's writers share one drain future; the send timeout that cancelled a stuck send
+            # cancels it too, and our close then sees a CancelledError nobody aimed at this task.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                self._abort()
+                raise
+        except (TimeoutError, ConnectionError, RuntimeError):
+            pass
+        self._abort()
 
     async def disconnect(self) -> None:
         self._users -= 1
@@ -403,6 +420,7 @@ class AiohttpWebsocketTransport(BaseTransport):
         count_out: Callable[[], None] = _noop,
         on_bad_frame: Callable[[], None] = _noop,
         on_reject: Callable[[str, int], None] = _no_reject,
+        abort: Callable[[], None] = _noop,
         on_message: Callable[[dict[str, Any]], None] | None = None,
         input_name: str | None = None,
         output_name: str | None = None,
@@ -420,6 +438,7 @@ class AiohttpWebsocketTransport(BaseTransport):
             count_in=count_in,
             count_out=count_out,
             on_reject=on_reject,
+            abort=abort,
         )
         self._input = AiohttpWebsocketInputTransport(
             self, self._client, params, on_bad_frame=on_bad_frame, name=self._input_name

@@ -20,6 +20,7 @@ from time import perf_counter
 from typing import Any, Protocol, TypeVar
 
 import httpx
+import psycopg
 from mem0 import Memory, MemoryClient
 from mem0.configs.base import MemoryConfig
 from mem0.llms.configs import LlmConfig
@@ -51,6 +52,13 @@ class NullObserver:
 
     def pending_writes(self, tenant: str, delta: int) -> None:
         pass
+
+
+def permanent_error(error: BaseException) -> bool:
+    """A write the store refused for its content: retrying cannot help (the backend being down can)."""
+    return isinstance(
+        error, (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError, ValueError, UnicodeError)
+    )
 
 
 def table_name(tenant: str) -> str:
@@ -87,7 +95,9 @@ class TenantMemory:
         self._observer = observer
         self._call_timeout = call_timeout
         self._pool = pool
-        self.writes = WriteQueue(name=tenant, on_depth=lambda d: observer.pending_writes(tenant, d))
+        self.writes = WriteQueue(
+            name=tenant, on_depth=lambda d: observer.pending_writes(tenant, d), permanent=permanent_error
+        )
 
     async def _call(self, operation: str, fn: Callable[[], T], timeout: float | None = None) -> T:
         loop = asyncio.get_running_loop()

@@ -49,14 +49,18 @@ class WordLlamaEmbedding(EmbeddingBase):
     ) -> list[float]:
         if isinstance(text, list):
             text = " ".join(str(t) for t in text)
-        vector = self._model.embed([text], norm=True)[0]
-        return np.asarray(vector, dtype=np.float32).tolist()
+        return _finite(self._model.embed([text], norm=True)[0])
 
     def embed_batch(
         self, texts: list[str], memory_action: Literal["add", "search", "update"] | None = None
     ) -> list[list[float]]:
-        vectors = self._model.embed(list(texts), norm=True)
-        return [np.asarray(v, dtype=np.float32).tolist() for v in vectors]
+        return [_finite(v) for v in self._model.embed(list(texts), norm=True)]
+
+
+def _finite(vector: Any) -> list[float]:
+    """Normalising an all-zero embedding (blank or out-of-vocabulary text) divides 0 by 0; pgvector
+    refuses NaN, which would fail the whole write. Such text has no direction: store zeros."""
+    return np.nan_to_num(np.asarray(vector, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0).tolist()
 
 
 class WordLlamaEmbedderConfig(EmbedderConfig):

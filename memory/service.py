@@ -29,6 +29,16 @@ from memory.scope import MemoryScope
 
 log = logging.getLogger(__name__)
 
+
+def storable(text: str) -> str:
+    """Text as PostgreSQL can keep it and the embedder can place it: no NUL, not blank.
+
+    A blank message has nothing to remember (and embeds to a zero vector, which has no cosine), and
+    PostgreSQL text cannot hold NUL; either would fail the whole write batch on every retry.
+    """
+    return text.replace("\x00", "").strip()
+
+
 STORED_ROLES = ("user", "assistant")
 
 
@@ -134,7 +144,9 @@ class GatewayMemoryService(Mem0MemoryService):
             if message.get("role") == "assistant" and message.get("content") in self._unstored:
                 self._unstored.remove(message["content"])
                 continue
-            batch.append({"role": message["role"], "content": message["content"]})
+            content = storable(message["content"])
+            if content:
+                batch.append({"role": message["role"], "content": content})
         if not batch:
             return
         backend, scope, infer = self._backend, self._scope, self._infer
@@ -171,7 +183,9 @@ class GatewayMemoryService(Mem0MemoryService):
                     break
             if latest:
                 await self._store_new_messages(context)
-                await self._enhance_context_with_memories(context, latest)
+                query = storable(latest)
+                if query:
+                    await self._enhance_context_with_memories(context, query)
         except Exception as e:
             await self.push_error(error_msg="memory unavailable for this turn", exception=e)
         await self.push_frame(frame, direction)

@@ -35,6 +35,7 @@ class WriteQueue:
         max_backoff_secs: float = 5.0,
         on_depth: Callable[[int], None] | None = None,
         on_failure: Callable[[], None] | None = None,
+        permanent: Callable[[BaseException], bool] = lambda _e: False,
     ) -> None:
         self._name = name
         self._queue: asyncio.Queue[WriteJob] = asyncio.Queue(maxsize=maxsize)
@@ -43,6 +44,7 @@ class WriteQueue:
         self._max_backoff = max_backoff_secs
         self._on_depth = on_depth or (lambda _n: None)
         self._on_failure = on_failure or (lambda: None)
+        self._permanent = permanent
         self._pending = 0
         self._tasks = [asyncio.create_task(self._worker(), name=f"writes-{name}-{i}") for i in range(workers)]
         self._closing = False
@@ -79,11 +81,18 @@ class WriteQueue:
                 await job.run()
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as e:
+                permanent = self._permanent(e)
                 log.warning(
-                    "memory write failed (queue=%s attempt=%d)", self._name, job.attempts, exc_info=True
+                    "memory write failed (queue=%s attempt=%d permanent=%s)",
+                    self._name,
+                    job.attempts,
+                    permanent,
+                    exc_info=True,
                 )
-                if job.attempts >= self._max_attempts:
+                # Data the store refuses is refused again on every retry; retrying it would only hold
+                # a worker (and every write queued behind it) for the whole backoff.
+                if permanent or job.attempts >= self._max_attempts:
                     self._on_failure()
                     self._finish(job, False)
                     return

@@ -222,8 +222,9 @@ async def make_gateway(
             registry.save(data_dir / "tenants.yaml")
             registry = TenantRegistry.load(data_dir / "tenants.yaml")
         app = create_app(settings, tenants=registry, metrics=metrics, backends=backends)
-        server = TestServer(app, host="127.0.0.1", port=0, **server_options(settings))
-        await server.start_server()
+        server = TestServer(app, host="127.0.0.1", port=0)
+        # TestServer drops keyword arguments it doesn't know; start_server hands them to the runner.
+        await server.start_server(**server_options(settings))
         http = aiohttp.ClientSession()
         gw = RunningGateway(app, server, http, metrics, keys, specs[0]["name"], audit)
         running.append(gw)

@@ -1,0 +1,64 @@
+"""Pipecat's own signals, turned into the gateway's Prometheus metrics for one session.
+
+* TTFB and LLM token usage arrive as ``MetricsFrame``s (``enable_metrics`` / ``enable_usage_metrics``);
+  a processor name is mapped to its service kind (llm, stt, tts) once, when the session is built.
+* User→bot latency in voice mode is Pipecat's ``UserBotLatencyObserver`` (VAD stop → bot starts
+  speaking). Text mode has no VAD and no speech, so there it is the user turn's end
+  (``UserStoppedSpeakingFrame``, pushed by the user aggregator) to the first LLM text out.
+
+Label children are resolved once per session, so a frame costs a dict lookup, never a label lookup.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pipecat.frames.frames import LLMTextFrame, MetricsFrame, UserStoppedSpeakingFrame
+from pipecat.metrics.metrics import LLMUsageMetricsData, TTFBMetricsData
+from pipecat.observers.base_observer import BaseObserver, FramePushed
+from pipecat.observers.user_bot_latency_observer import UserBotLatencyObserver
+from pipecat.processors.frame_processor import FrameDirection
+
+from gateway.metrics import GatewayMetrics
+
+
+class SessionMetricsObserver(BaseObserver):
+    def __init__(
+        self, *, metrics: GatewayMetrics, tenant: str, services: dict[str, str], text_latency: bool
+    ) -> None:
+        super().__init__(observe_every_push=False)
+        self._ttfb = {name: metrics.ttfb_seconds.labels(tenant, kind) for name, kind in services.items()}
+        self._prompt_tokens = metrics.llm_tokens_total.labels(tenant, "prompt")
+        self._completion_tokens = metrics.llm_tokens_total.labels(tenant, "completion")
+        self._latency = metrics.user_bot_latency_seconds.labels(tenant)
+        self._text_latency = text_latency
+        self._turn_ended_at: float | None = None
+
+    async def on_push_frame(self, data: FramePushed) -> None:
+        frame = data.frame
+        if isinstance(frame, MetricsFrame):
+            for item in frame.data:
+                if isinstance(item, TTFBMetricsData):
+                    histogram = self._ttfb.get(item.processor)
+                    if histogram is not None and item.value > 0:
+                        histogram.observe(item.value)
+                elif isinstance(item, LLMUsageMetricsData):
+                    self._prompt_tokens.inc(item.value.prompt_tokens)
+                    self._completion_tokens.inc(item.value.completion_tokens)
+            return
+        if not self._text_latency or data.direction != FrameDirection.DOWNSTREAM:
+            return
+        if isinstance(frame, UserStoppedSpeakingFrame):
+            self._turn_ended_at = time.monotonic()
+        elif isinstance(frame, LLMTextFrame) and self._turn_ended_at is not None:
+            self._latency.observe(time.monotonic() - self._turn_ended_at)
+            self._turn_ended_at = None
+
+    def voice_latency_observer(self) -> UserBotLatencyObserver:
+        """Pipecat's VAD-stop → bot-speech observer, reporting into this session's histogram."""
+        observer = UserBotLatencyObserver()
+        observer.add_event_handler("on_latency_measured", self._voice_latency)
+        return observer
+
+    async def _voice_latency(self, _observer: UserBotLatencyObserver, seconds: float) -> None:
+        self._latency.observe(seconds)

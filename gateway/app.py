@@ -109,7 +109,7 @@ def create_app(
     app.cleanup_ctx.append(_tenants_reload_ctx)
     if settings.metrics_port is not None:
         app.cleanup_ctx.append(_metrics_site_ctx)
-    app[metrics_key].publish_limits(_limits(app[tenants_key]))
+    app[metrics_key].publish_tenants(_limits(app[tenants_key]))
     app.on_shutdown.append(_drain)
     routes.setup(app)
     return app
@@ -235,7 +235,7 @@ class TenantReloader:
                 if old is not None and old.memory != tenant.memory:
                     log.warning("tenants.memory_change_needs_restart", changed_tenant=tenant.name)
             registry.replace(fresh)
-            metrics.publish_limits(_limits(registry))
+            metrics.publish_tenants(_limits(registry))
             metrics.tenant_reloads_total.labels("ok").inc()
             log.info("tenants.reloaded", trigger=trigger, tenants=len(fresh))
             return True

@@ -127,10 +127,16 @@ class GatewayMetrics:
     def reject(self, tenant: str | None, reason: str) -> None:
         self.rejections_total.labels(tenant or "unknown", reason).inc()
 
-    def publish_limits(self, limits: dict[str, int]) -> None:
-        """Export each active tenant's session limit; tenants gone from the file are dropped."""
+    def publish_tenants(self, limits: dict[str, int]) -> None:
+        """Export each active tenant's session limit (tenants gone from the file are dropped), and
+        start its gauges and error counters at zero: a dashboard's error ratio or live-session panel
+        then reads 0 for a quiet tenant rather than "no data"."""
         for tenant in self._limit_labels - limits.keys():
             self.tenant_max_sessions.remove(tenant)
         for tenant, limit in limits.items():
             self.tenant_max_sessions.labels(tenant).set(limit)
+            self.sessions_active.labels(tenant)
+            self.memory_pending_writes.labels(tenant)
+            for operation in ("get_all", "search", "add"):
+                self.memory_errors_total.labels(tenant, operation)
         self._limit_labels = set(limits)

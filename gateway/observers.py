@@ -2,9 +2,11 @@
 
 * TTFB and LLM token usage arrive as ``MetricsFrame``s (``enable_metrics`` / ``enable_usage_metrics``);
   a processor name is mapped to its service kind (llm, stt, tts) once, when the session is built.
-* User→bot latency in voice mode is Pipecat's ``UserBotLatencyObserver`` (VAD stop → bot starts
-  speaking). Text mode has no VAD and no speech, so there it is the user turn's end
-  (``UserStoppedSpeakingFrame``, pushed by the user aggregator) to the first LLM text out.
+* User→bot latency with voice in and out is Pipecat's ``UserBotLatencyObserver`` (VAD stop → bot
+  starts speaking). Without speech out it never fires, so there the turn's end is timed to the first
+  LLM text out: a typed turn ends when RTVI's ``send-text`` appends the message and runs the LLM
+  (``LLMMessagesAppendFrame``); a spoken one when the user aggregator ends the turn
+  (``UserStoppedSpeakingFrame``).
 
 Label children are resolved once per session, so a frame costs a dict lookup, never a label lookup.
 """
@@ -12,8 +14,14 @@ Label children are resolved once per session, so a frame costs a dict lookup, ne
 from __future__ import annotations
 
 import time
+from typing import Literal
 
-from pipecat.frames.frames import LLMTextFrame, MetricsFrame, UserStoppedSpeakingFrame
+from pipecat.frames.frames import (
+    LLMMessagesAppendFrame,
+    LLMTextFrame,
+    MetricsFrame,
+    UserStoppedSpeakingFrame,
+)
 from pipecat.metrics.metrics import LLMUsageMetricsData, TTFBMetricsData
 from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.observers.user_bot_latency_observer import UserBotLatencyObserver
@@ -21,17 +29,24 @@ from pipecat.processors.frame_processor import FrameDirection
 
 from gateway.metrics import GatewayMetrics
 
+TurnEnd = Literal["typed", "spoken", "pipecat"]
+
 
 class SessionMetricsObserver(BaseObserver):
     def __init__(
-        self, *, metrics: GatewayMetrics, tenant: str, services: dict[str, str], text_latency: bool
+        self,
+        *,
+        metrics: GatewayMetrics,
+        tenant: str,
+        services: dict[str, str],
+        turn_end: TurnEnd,
     ) -> None:
         super().__init__(observe_every_push=False)
         self._ttfb = {name: metrics.ttfb_seconds.labels(tenant, kind) for name, kind in services.items()}
         self._prompt_tokens = metrics.llm_tokens_total.labels(tenant, "prompt")
         self._completion_tokens = metrics.llm_tokens_total.labels(tenant, "completion")
         self._latency = metrics.user_bot_latency_seconds.labels(tenant)
-        self._text_latency = text_latency
+        self._turn_end = turn_end
         self._turn_ended_at: float | None = None
 
     async def on_push_frame(self, data: FramePushed) -> None:
@@ -46,11 +61,14 @@ class SessionMetricsObserver(BaseObserver):
                     self._prompt_tokens.inc(item.value.prompt_tokens)
                     self._completion_tokens.inc(item.value.completion_tokens)
             return
-        if not self._text_latency or data.direction != FrameDirection.DOWNSTREAM:
+        if self._turn_end == "pipecat" or data.direction != FrameDirection.DOWNSTREAM:
             return
-        if isinstance(frame, UserStoppedSpeakingFrame):
+        if self._turn_end == "typed":
+            if isinstance(frame, LLMMessagesAppendFrame) and frame.run_llm:
+                self._turn_ended_at = time.monotonic()
+        elif isinstance(frame, UserStoppedSpeakingFrame):
             self._turn_ended_at = time.monotonic()
-        elif isinstance(frame, LLMTextFrame) and self._turn_ended_at is not None:
+        if isinstance(frame, LLMTextFrame) and self._turn_ended_at is not None:
             self._latency.observe(time.monotonic() - self._turn_ended_at)
             self._turn_ended_at = None
 

@@ -51,7 +51,7 @@ from gateway import greeting as greetings
 from gateway.llm import LLMNotConfigured, TextOnlyOutput, create_llm, resolve_endpoint
 from gateway.logging import get_logger
 from gateway.metrics import GatewayMetrics
-from gateway.observers import SessionMetricsObserver
+from gateway.observers import SessionMetricsObserver, TurnEnd
 from gateway.serializers import create_serializer
 from gateway.settings import Settings
 from gateway.tenants import TenantConfig
@@ -191,13 +191,11 @@ class Session:
             {p.name: kind for kind, p in (("stt", voice.stt), ("tts", voice.tts)) if p is not None}
         )
         # Voice in and out: Pipecat's own VAD-stop → bot-speech observer; otherwise turn end → first text.
-        spoken = voice.audio_in and voice.audio_out
-        observer = SessionMetricsObserver(
-            metrics=metrics, tenant=name, services=services, text_latency=not spoken
-        )
-        observers: list[BaseObserver] = (
-            [observer, observer.voice_latency_observer()] if spoken else [observer]
-        )
+        turn_end: TurnEnd = ("pipecat" if voice.audio_out else "spoken") if voice.audio_in else "typed"
+        observer = SessionMetricsObserver(metrics=metrics, tenant=name, services=services, turn_end=turn_end)
+        observers: list[BaseObserver] = [observer]
+        if turn_end == "pipecat":
+            observers.append(observer.voice_latency_observer())
         self.worker = PipelineWorker(
             pipeline,
             observers=observers,

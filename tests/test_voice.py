@@ -240,6 +240,11 @@ async def test_spoken_turn_is_transcribed_answered_spoken_and_remembered(
     await gateway.settle()
 
     assert await stored(gateway, "speaker") == sorted([said, reply])  # and not the greeting
+    # Pipecat's own signals reached the metrics: its VAD-stop → bot-speech latency, and each service's TTFB.
+    tenant = gateway.tenant
+    assert gateway.sample("gateway_user_bot_latency_seconds_count", tenant=tenant) == 1
+    for service in ("stt", "llm", "tts"):
+        assert gateway.sample("gateway_ttfb_seconds_count", tenant=tenant, service=service) >= 1, service
 
 
 async def test_text_still_works_in_a_voice_session(

@@ -255,7 +255,8 @@ class Session:
         name = self.tenant.name
         started = perf_counter()
         metrics.sessions_active.labels(name).inc()
-        log.info("session.start", serializer=self._serializer)
+        setup = asyncio.get_running_loop().time() - self._accepted_at
+        log.info("session.start", serializer=self._serializer, setup_seconds=round(setup, 4))
         failed = False
         try:
             await self.runner.add_workers(self.worker)

@@ -450,9 +450,9 @@ def per_tenant() -> dashboard.Dashboard:
     board.builder.with_variable(
         dashboard.QueryVariable("tenant")
         .label("Tenant")
-        .description("Tenants that have had a session since the gateway started.")
+        .description("Every active tenant of the tenants file (gateway_tenant_max_sessions).")
         .datasource(DATASOURCE)
-        .query("label_values(gateway_sessions_active, tenant)")
+        .query("label_values(gateway_tenant_max_sessions, tenant)")
         .refresh(dashboard_model.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(dashboard_model.VariableSort.ALPHABETICAL_ASC)
         .multi(True)

@@ -135,7 +135,7 @@ def test_tenant_dashboard_filters_every_tenant_metric_by_the_tenant_variable() -
     board = _boards()["gateway-tenant.json"]
     (variable,) = board["templating"]["list"]
     assert variable["name"] == "tenant" and variable["multi"] and variable["includeAll"]
-    assert variable["query"] == "label_values(gateway_sessions_active, tenant)"
+    assert variable["query"] == "label_values(gateway_tenant_max_sessions, tenant)"
     for panel in _all_panels(board["panels"]):
         for target in panel.get("targets", []):
             for selector in re.findall(r"gateway_\w+(?:\{[^}]*\})?", target["expr"]):

@@ -49,6 +49,12 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
+def _route(request: web.Request) -> str:
+    """The route's pattern (``/ws-client/{token}``), never the path: a path can carry a token."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
 def _reject(
     request: web.Request,
     tenant: str | None,
@@ -59,7 +65,7 @@ def _reject(
 ) -> web.Response:
     """Count, log and answer one refused HTTP request."""
     request.app[metrics_key].reject(tenant, reason)
-    log.info("http.rejected", path=request.path, reason=reason, status=status)
+    log.info("http.rejected", route=_route(request), reason=reason, status=status)
     return _error(status, message, headers)
 
 
@@ -381,7 +387,7 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
     except Exception:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             raise  # the socket may be open already; the WebSocket handler closes with 1011 itself
-        log.exception("http.internal_error", path=request.path)
+        log.exception("http.internal_error", route=_route(request))
         tenant = structlog.contextvars.get_contextvars().get("tenant")
         return _reject(request, tenant, "internal_error", 500, "internal error")
     finally:

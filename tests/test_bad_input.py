@@ -117,3 +117,14 @@ async def test_tenant_at_its_session_limit_gets_429_at_start_and_4029_at_connect
     await gateway.settle()
     later = await gateway.connect(user_id="third")
     assert "nice to meet you" in (await later.bot_turn()).lower()
+
+
+async def test_unknown_serializer_at_connect_is_400_and_the_token_stays_out_of_the_logs(
+    gateway: RunningGateway,
+) -> None:
+    resp = await gateway.start(user_id="u1")
+    url = (await resp.json())["wsUrl"].replace("ws://", "http://", 1) + "?serializer=bogus"
+    async with gateway.http.get(url, headers={"Upgrade": "websocket", "Connection": "Upgrade"}) as refused:
+        assert refused.status == 400
+        assert "serializer must be one of" in (await refused.json())["error"]
+    # The run-wide audit (tests/audit.py) fails the run if this token appears in any log line.

@@ -56,6 +56,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from gateway.app import create_app, server_options
     from gateway.locallm import LocalLLMServer
+    from gateway.runtime import tune_gc_on_startup
     from gateway.tenants import TenantFileError
 
     log = get_logger("gateway.cli")
@@ -71,6 +72,8 @@ def serve(args: argparse.Namespace) -> int:
         except TenantFileError as e:
             print(f"error: bad tenants file: {e}", file=sys.stderr)
             return 2
+        # After the app's own start-up (imports done, tenant backends built): gateway.runtime.
+        app.on_startup.append(tune_gc_on_startup)
         log.info("gateway.listening", host=settings.host, port=settings.port)
         web.run_app(
             app,

@@ -18,7 +18,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -51,6 +51,38 @@ def cpu_seconds() -> float:
     """CPU time of this process (every thread: event loop and the memory worker pool)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+class GcPauses:
+    """Time this process spends in the cyclic garbage collector (all of it on the event loop)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.longest = 0.0
+        self.collections = 0
+        self.full_collections = 0
+        self.full_seconds = 0.0
+        self._started = 0.0
+
+    def _hook(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        self.total += pause
+        self.longest = max(self.longest, pause)
+        self.collections += 1
+        if info.get("generation") == 2:
+            self.full_collections += 1
+            self.full_seconds += pause
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[GcPauses]:
+        gc.callbacks.append(self._hook)
+        try:
+            yield self
+        finally:
+            gc.callbacks.remove(self._hook)
 
 
 async def settled_rss(settle_secs: float = 1.0) -> float:
@@ -168,14 +200,12 @@ async def load_gateway(
     ``/start`` rate are lifted far above the load by the harness. ``settings`` override
     ``gateway.settings.Settings`` fields.
     """
-    from gateway.runtime import tune_gc as tune
-
     raise_nofile_limit()
     if llm_base_url is not None:
         settings = {"llm_base_url": llm_base_url, "llm_model": "fake-model", **settings}
-    async with start_gateway(tenants=(tenant,), database_url=ctx.database_url, **settings) as gw:
-        if tune_gc:
-            tune()
+    async with start_gateway(
+        tenants=(tenant,), database_url=ctx.database_url, runtime_tuning=tune_gc, **settings
+    ) as gw:
         yield LoadGateway(gw)
 
 

@@ -23,27 +23,32 @@ transport input (with a VAD on the user aggregator) and puts the TTS where ``Tex
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import WSCloseCode, web
 from openai import DefaultAsyncHttpxClient
 from pipecat.frames.frames import LLMFullResponseEndFrame, LLMFullResponseStartFrame, LLMTextFrame
-from pipecat.observers.base_observer import BaseObserver
+from pipecat.observers.base_observer import BaseObserver, FrameProcessed, FramePushed, ProcessorSetUp
+from pipecat.pipeline.base_pipeline import BasePipeline
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.pipeline.worker_observer import WorkerObserver
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
     LLMUserAggregatorParams,
 )
 from pipecat.processors.aggregators.llm_text_processor import LLMTextProcessor
+from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.services.mem0.memory import Mem0MemoryService
 from pipecat.turns.user_start.transcription_user_turn_start_strategy import TranscriptionUserTurnStartStrategy
 from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
+from pipecat.utils.asyncio.task_manager import BaseTaskManager
 from pipecat.workers.runner import WorkerRunner
 
 from gateway import closecodes
@@ -78,6 +83,143 @@ class SessionDeps:
     http_client: DefaultAsyncHttpxClient
     # Voice's ONNX sessions, opened on the first voice session and shared by all (gateway.voice).
     voice_models: VoiceModels = field(default_factory=VoiceModels)
+
+
+_Event = Literal["process", "push", "setup", "started"]
+_HOOKS: dict[_Event, str] = {
+    "process": "on_process_frame",
+    "push": "on_push_frame",
+    "setup": "on_processor_setup",
+    "started": "on_pipeline_started",
+}
+
+
+def _handles(observer: BaseObserver, hook: str) -> bool:
+    return getattr(type(observer), hook) is not getattr(BaseObserver, hook)
+
+
+class ObserverHub(WorkerObserver):
+    """A session's observers behind one queue and one task, sent only the events they handle.
+
+    Pipecat's ``WorkerObserver`` gives every observer a queue and a task of its own and queues every
+    frame *processed* and every frame *pushed* to each of them, though none of a session's observers
+    (RTVI's, ours, Pipecat's turn tracker) handles ``on_process_frame``: six queue puts and six task
+    wake-ups for every frame at every processor, about a sixth of the event loop's time in a
+    profile of concurrent turns. Here a push goes once into one queue and an event nobody handles is
+    not queued at all. Each observer still sees its events in pipeline order, off the pipeline's own
+    tasks, as before; one that raises is logged and the others carry on.
+    """
+
+    def __init__(self, *, observers: list[BaseObserver] | None = None) -> None:
+        super().__init__(observers=observers)
+        self._hub: list[BaseObserver] = list(observers or [])
+        self._listeners: dict[_Event, list[BaseObserver]] = {}
+        self._every_push: list[BaseObserver] = []
+        self._seen: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        self._queue: asyncio.Queue[tuple[_Event, Any]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._set_up = False
+        self._index()
+
+    @classmethod
+    def replacing(cls, worker_observer: WorkerObserver) -> ObserverHub:
+        """A hub for the observers ``PipelineWorker`` handed its own ``WorkerObserver`` (RTVI's too)."""
+        return cls(observers=list(worker_observer._observers))
+
+    def _index(self) -> None:
+        self._listeners = {
+            event: [o for o in self._hub if _handles(o, hook)] for event, hook in _HOOKS.items()
+        }
+        self._every_push = [o for o in self._listeners["push"] if o.observe_every_push]
+
+    def add_observer(self, observer: BaseObserver) -> None:
+        self._hub.append(observer)
+        self._index()
+
+    async def remove_observer(self, observer: BaseObserver) -> None:
+        if observer not in self._hub:
+            return
+        self._hub.remove(observer)
+        self._index()
+        if self._set_up:
+            await observer.cleanup()
+
+    async def setup(self, task_manager: BaseTaskManager) -> None:
+        await BaseObserver.setup(self, task_manager)
+        self._set_up = True
+        self._task = self.create_task(self._deliver(), name="observer_hub")
+        for observer in list(self._hub):
+            await observer.setup(task_manager)
+
+    async def cleanup(self) -> None:
+        await BaseObserver.cleanup(self)
+        if self._task is not None:
+            await self.cancel_task(self._task)
+            self._task = None
+        for observer in list(self._hub):
+            try:
+                await observer.cleanup()
+            except Exception:
+                log.exception("observer.cleanup_failed", observer=type(observer).__name__)
+
+    async def on_pipeline_started(self) -> None:
+        if self._listeners["started"]:
+            self._queue.put_nowait(("started", None))
+
+    async def on_process_frame(self, data: FrameProcessed) -> None:
+        if self._listeners["process"]:
+            self._queue.put_nowait(("process", data))
+
+    async def on_processor_setup(self, data: ProcessorSetUp) -> None:
+        if self._listeners["setup"]:
+            self._queue.put_nowait(("setup", data))
+
+    async def on_push_frame(self, data: FramePushed) -> None:
+        frame = data.frame
+        data.first_push = frame.id not in self._seen
+        if data.first_push:
+            self._seen[frame.id] = frame
+            if self._listeners["push"]:
+                self._queue.put_nowait(("push", data))
+        elif self._every_push:
+            self._queue.put_nowait(("push", data))
+
+    async def _deliver(self) -> None:
+        while True:
+            event, data = await self._queue.get()
+            for observer in self._listeners[event]:
+                if event == "push" and not data.first_push and not observer.observe_every_push:
+                    continue
+                try:
+                    if event == "push":
+                        await observer.on_push_frame(data)
+                    elif event == "process":
+                        await observer.on_process_frame(data)
+                    elif event == "setup":
+                        await observer.on_processor_setup(data)
+                    else:
+                        await observer.on_pipeline_started()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("observer.failed", observer=type(observer).__name__)
+
+
+class SessionWorker(PipelineWorker):
+    """``PipelineWorker`` with the session's observers behind one ``ObserverHub``."""
+
+    def __init__(self, pipeline: BasePipeline, **kwargs: Any) -> None:
+        super().__init__(pipeline, **kwargs)
+        self._observer = ObserverHub.replacing(self._observer)
+
+
+def _text_output() -> list[FrameProcessor]:
+    """Text mode's stand-in for a TTS: mark text not-to-be-spoken, then aggregate it into sentences.
+
+    Both in Pipecat's direct mode: they never wait on anything, so a frame goes straight through
+    them on the pushing task instead of through two more queues and four more tasks per session.
+    """
+    return [TextOnlyOutput(enable_direct_mode=True), LLMTextProcessor(enable_direct_mode=True)]
 
 
 def _outcome(close_code: int | None, failed: bool) -> str:
@@ -181,7 +323,7 @@ class Session:
                 aggregators.user(),
                 self.memory,
                 llm,
-                *([voice.tts] if voice.tts is not None else [TextOnlyOutput(), LLMTextProcessor()]),
+                *([voice.tts] if voice.tts is not None else _text_output()),
                 self.transport.output(),
                 aggregators.assistant(),
             ]
@@ -196,7 +338,7 @@ class Session:
         observers: list[BaseObserver] = [observer]
         if turn_end == "pipecat":
             observers.append(observer.voice_latency_observer())
-        self.worker = PipelineWorker(
+        self.worker = SessionWorker(
             pipeline,
             observers=observers,
             params=PipelineParams(
@@ -206,6 +348,9 @@ class Session:
                 audio_out_sample_rate=voice.audio_out_sample_rate,
             ),
             idle_timeout_secs=None,
+            # Pipecat's turn tracking feeds its tracing and audio recording, neither used here; it
+            # would be one more observer on every frame.
+            enable_turn_tracking=False,
             check_dangling_tasks=False,
             conversation_id=self.id,
         )

@@ -132,7 +132,9 @@ class AiohttpWebsocketClient:
             try:
                 # An absolute wait per message: aiohttp's own receive timeout restarts on every
                 # ping/pong, so a client that only keeps the socket alive would never idle out.
-                msg = await asyncio.wait_for(self._ws.receive(), self._idle_timeout)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps every call in a new task.
+                async with asyncio.timeout(self._idle_timeout):
+                    msg = await self._ws.receive()
             except TimeoutError:
                 self._on_reject("idle_timeout", closecodes.IDLE_TIMEOUT)
                 await self.close(closecodes.IDLE_TIMEOUT, "idle timeout")
@@ -159,10 +161,12 @@ class AiohttpWebsocketClient:
         if self._closing or self._ws.closed:
             return False
         try:
-            if isinstance(data, bytes):
-                await asyncio.wait_for(self._ws.send_bytes(data), self._send_timeout)
-            else:
-                await asyncio.wait_for(self._ws.send_str(data), self._send_timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps every send in a new task.
+            async with asyncio.timeout(self._send_timeout):
+                if isinstance(data, bytes):
+                    await self._ws.send_bytes(data)
+                else:
+                    await self._ws.send_str(data)
         except TimeoutError:
             self._on_reject("slow_client", closecodes.POLICY_VIOLATION)
             await self.close(closecodes.POLICY_VIOLATION, "client not reading")

@@ -23,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench import plots
 from bench.harness import BenchContext, ScenarioResult, percentile, target_at_most
-from bench.loadrun import Clients, LoadGateway, cpu_seconds, fake_llm, load_gateway, ms
+from bench.loadrun import Clients, GcPauses, LoadGateway, cpu_seconds, fake_llm, load_gateway, ms
 
 NAME = "concurrency"
 TITLE = "Concurrent text sessions: greeting and turn latency, errors, CPU"
@@ -103,29 +104,26 @@ async def run_level(
     memory = _memory_calls(gateway)
     errors: dict[str, int] = {}
     label = f"{NAME} {sessions}"
-    async with Clients.running(gateway, user_prefix=f"c{sessions}-{time.time_ns()}-") as clients:
-        cpu0, wall0 = cpu_seconds(), time.perf_counter()
-        opened = await clients.open(
-            sessions, timeout, lambda i, n: ctx.progress(f"{label}: arrive", i, n), rate=ARRIVAL_RATE
-        )
-        cpu1, wall1 = cpu_seconds(), time.perf_counter()
-        turned = await clients.turns(turns, 2 * think, timeout + 2 * think * turns)
-        cpu2, wall2 = cpu_seconds(), time.perf_counter()
-        for kind, count in (await clients.close())["errors"].items():
-            errors[kind] = errors.get(kind, 0) + count
+    with GcPauses().watching() as arrival_gc:
+        phases = await _arrive_and_talk(ctx, gateway, sessions, turns, think, timeout)
+    opened, turned = phases.opened, phases.turned
+    for kind, count in phases.errors.items():
+        errors[kind] = errors.get(kind, 0) + count
+    (cpu0, wall0), (cpu1, wall1), (cpu2, wall2) = phases.clocks
     if not await _settle(gateway, timeout):
         errors["not_settled"] = errors.get("not_settled", 0) + 1
     burst_greeting: list[float] = []
-    if burst:
-        async with Clients.running(gateway, user_prefix=f"b{sessions}-{time.time_ns()}-") as clients:
-            stormed = await clients.open(
-                sessions, timeout, lambda i, n: ctx.progress(f"{label}: burst", i, n), rate=0.0
-            )
-            burst_greeting = stormed["greeting_secs"]
-            for kind, count in (await clients.close())["errors"].items():
-                errors[f"burst_{kind}"] = errors.get(f"burst_{kind}", 0) + count
-        if not await _settle(gateway, timeout):
-            errors["not_settled"] = errors.get("not_settled", 0) + 1
+    with GcPauses().watching() as burst_gc:
+        if burst:
+            async with Clients.running(gateway, user_prefix=f"b{sessions}-{time.time_ns()}-") as clients:
+                stormed = await clients.open(
+                    sessions, timeout, lambda i, n: ctx.progress(f"{label}: burst", i, n), rate=0.0
+                )
+                burst_greeting = stormed["greeting_secs"]
+                for kind, count in (await clients.close())["errors"].items():
+                    errors[f"burst_{kind}"] = errors.get(f"burst_{kind}", 0) + count
+            if not await _settle(gateway, timeout):
+                errors["not_settled"] = errors.get("not_settled", 0) + 1
     greeting, turn = opened["greeting_secs"], turned["turn_secs"]
     return {
         "sessions": sessions,
@@ -146,8 +144,38 @@ async def run_level(
         "arrival_cpu_ms_per_session": round((cpu1 - cpu0) * 1000 / sessions, 2),
         "conversation_cpu_util": round((cpu2 - cpu1) / (wall2 - wall1), 3),
         "cpu_ms_per_turn": round((cpu2 - cpu1) * 1000 / len(turn), 2) if turn else None,
+        "gc_pause_s": round(arrival_gc.total, 3),
+        "gc_longest_pause_ms": round(arrival_gc.longest * 1000, 1),
+        "burst_gc_pause_s": round(burst_gc.total, 3) if burst else None,
         **_memory_means(memory, _memory_calls(gateway)),
     }
+
+
+@dataclass
+class _Phases:
+    opened: dict[str, Any]
+    turned: dict[str, Any]
+    errors: dict[str, int]
+    # (process CPU seconds, wall seconds) at the start of arrival, of conversation, and at its end.
+    clocks: list[tuple[float, float]]
+
+
+async def _arrive_and_talk(
+    ctx: BenchContext, gateway: LoadGateway, sessions: int, turns: int, think: float, timeout: float
+) -> _Phases:
+    """The arrival and conversation phases, with the clocks around them."""
+    label = f"{NAME} {sessions}"
+    clocks: list[tuple[float, float]] = []
+    async with Clients.running(gateway, user_prefix=f"c{sessions}-{time.time_ns()}-") as clients:
+        clocks.append((cpu_seconds(), time.perf_counter()))
+        opened = await clients.open(
+            sessions, timeout, lambda i, n: ctx.progress(f"{label}: arrive", i, n), rate=ARRIVAL_RATE
+        )
+        clocks.append((cpu_seconds(), time.perf_counter()))
+        turned = await clients.turns(turns, 2 * think, timeout + 2 * think * turns)
+        clocks.append((cpu_seconds(), time.perf_counter()))
+        closed = await clients.close()
+    return _Phases(opened, turned, dict(closed["errors"]), clocks)
 
 
 async def run(ctx: BenchContext) -> ScenarioResult:

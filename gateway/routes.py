@@ -69,6 +69,12 @@ def _reject(
     return _error(status, message, headers)
 
 
+def _memory_unavailable(request: web.Request, tenant: str) -> web.Response:
+    return _reject(
+        request, tenant, "memory_unavailable", 503, "memory backend unavailable", {"Retry-After": "5"}
+    )
+
+
 async def _refuse(
     request: web.Request, ws: web.WebSocketResponse, tenant: str | None, reason: str, code: int, text: str
 ) -> web.WebSocketResponse:
@@ -174,14 +180,7 @@ async def start(request: web.Request) -> web.Response:
         backend = await app[backends_key].for_tenant(tenant.name, tenant.memory)
     except Exception:
         log.exception("start.memory_unavailable")
-        return _reject(
-            request,
-            tenant.name,
-            "memory_unavailable",
-            503,
-            "memory backend unavailable",
-            {"Retry-After": "5"},
-        )
+        return _memory_unavailable(request, tenant.name)
 
     token, claims = app[tokens_key].issue(tenant=tenant.name, serializer=serializer, **ids)
     loop = asyncio.get_running_loop()
@@ -333,14 +332,7 @@ async def memories(request: web.Request) -> web.Response:
         found = await backend.recent(scope, limit)
     except Exception:
         log.exception("memories.failed", method=request.method)
-        return _reject(
-            request,
-            tenant.name,
-            "memory_unavailable",
-            503,
-            "memory backend unavailable",
-            {"Retry-After": "5"},
-        )
+        return _memory_unavailable(request, tenant.name)
     results = [
         {
             "id": m.get("id"),

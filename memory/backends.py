@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +22,11 @@ from typing import Any, Protocol, TypeVar
 import httpx
 import psycopg
 from mem0 import Memory, MemoryClient
-from mem0.configs.base import MemoryConfig
+from mem0.configs.base import MemoryConfig, MemoryItem
 from mem0.llms.configs import LlmConfig
-from mem0.memory.main import _escape_scope_value
+from mem0.memory.main import _escape_scope_value, _payload_is_expired
 from mem0.vector_stores.configs import VectorStoreConfig
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from memory import embedder, extraction, pgvector
 from memory.config import MemorySettings
@@ -66,6 +66,40 @@ def table_name(tenant: str) -> str:
     return "mem0_" + re.sub(r"[^a-z0-9_]", "_", tenant.lower())
 
 
+# How mem0's ``Memory.get_all`` shapes a listed row (``_get_all_from_vector_store``), so that what the
+# event-loop listing returns is indistinguishable from mem0's own answer (tests compare the two).
+_PROMOTED = ("user_id", "agent_id", "run_id", "actor_id", "role", "attributed_to", "expiration_date")
+_CORE = {"data", "hash", "created_at", "updated_at", "id", "text_lemmatized", *_PROMOTED}
+
+
+def as_memory(row: Any) -> dict[str, Any]:
+    """One listed store row (``OutputData``) as mem0's ``get_all`` returns it."""
+    payload: dict[str, Any] = row.payload or {}
+    item = MemoryItem(
+        id=row.id,
+        memory=payload.get("data", ""),
+        hash=payload.get("hash"),
+        created_at=payload.get("created_at"),
+        updated_at=payload.get("updated_at"),
+    ).model_dump(exclude={"score"})
+    item.update({k: payload[k] for k in _PROMOTED if k in payload})
+    extra = {k: v for k, v in payload.items() if k not in _CORE}
+    if extra:
+        item["metadata"] = extra
+    return item
+
+
+# Up to this many rows are listed on the event loop (≈5 µs each to decode); longer listings — the
+# data-subject API, erasure — stay on the worker threads.
+LOOP_LIST_MAX = 100
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned call's outcome, so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _results(payload: Any) -> list[dict[str, Any]]:
     if isinstance(payload, dict):
         return list(payload.get("results", []))
@@ -86,6 +120,7 @@ class TenantMemory:
         observer: MemoryObserver,
         call_timeout: float,
         pool: ConnectionPool | None = None,
+        lister: pgvector.AsyncLister | None = None,
     ) -> None:
         self.tenant = tenant
         self.kind = kind
@@ -95,6 +130,8 @@ class TenantMemory:
         self._observer = observer
         self._call_timeout = call_timeout
         self._pool = pool
+        self._lister = lister
+        self._abandoned: set[asyncio.Future[Any]] = set()
         self.writes = WriteQueue(
             name=tenant, on_depth=lambda d: observer.pending_writes(tenant, d), permanent=permanent_error
         )
@@ -112,6 +149,36 @@ class TenantMemory:
         finally:
             self._observer.memory_call(self.tenant, operation, self.kind, perf_counter() - start, ok)
 
+    async def _acall(self, operation: str, call: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """``_call`` for a coroutine that runs on the loop itself (no thread, same timeout and metrics).
+
+        A timed-out or abandoned call is counted and given up at once; its cancellation (psycopg
+        cancels the query on the server, which takes a round trip to a backend that may be the slow
+        part) finishes in the background instead of holding up the caller.
+        """
+        start = perf_counter()
+        ok = False
+        task = asyncio.ensure_future(call)
+        try:
+            result = await asyncio.wait_for(asyncio.shield(task), timeout or self._call_timeout)
+            ok = True
+            return result
+        except BaseException:
+            if not task.done():
+                task.cancel()
+                self._abandoned.add(task)
+                task.add_done_callback(_forget)
+                task.add_done_callback(self._abandoned.discard)
+            raise
+        finally:
+            self._observer.memory_call(self.tenant, operation, self.kind, perf_counter() - start, ok)
+
+    async def _list_on_loop(
+        self, lister: pgvector.AsyncLister, filters: dict[str, Any], limit: int, timeout: float | None
+    ) -> list[dict[str, Any]]:
+        rows = await self._acall("get_all", lister.list(filters, limit), timeout)
+        return [as_memory(r) for r in rows if not _payload_is_expired(r.payload)]
+
     def _platform_filters(self, filters: dict[str, str]) -> dict[str, Any]:
         # The platform ORs bare top-level IDs in Pipecat's usage; an explicit AND keeps a shared
         # agent_id from pulling in other users' memories.
@@ -128,6 +195,8 @@ class TenantMemory:
         if isinstance(self.client, Memory):
             local = self.client
             local_filters: dict[str, Any] = {**filters, "role": role} if role else filters
+            if self._lister is not None and limit <= LOOP_LIST_MAX:
+                return await self._list_on_loop(self._lister, local_filters, limit, timeout)
             return _results(
                 await self._call(
                     "get_all", lambda: local.get_all(filters=local_filters, top_k=limit), timeout
@@ -275,6 +344,7 @@ class MemoryBackends:
         self._observer: MemoryObserver = observer or NullObserver()
         self._embedded: EmbeddedPostgres | None = None
         self._shared: _Shared | None = None
+        self._async_pool: AsyncConnectionPool | None = None
         self._tenants: dict[str, TenantMemory] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._embed_model = embed_model
@@ -320,6 +390,7 @@ class MemoryBackends:
     async def _build(self, tenant: str, settings: MemorySettings) -> TenantMemory:
         start = perf_counter()
         pool: ConnectionPool | None = None
+        lister: pgvector.AsyncLister | None = None
         client: Memory | MemoryClient
         if settings.backend == "platform":
             import os
@@ -347,6 +418,11 @@ class MemoryBackends:
             client = await self._run(lambda: Memory(config))
             store = client.vector_store
             await self._run(store._ensure_collection)
+            if isinstance(store, pgvector.IndexedPGVector) and store.connection_pool is pool:
+                # Our table in our database (a tenant's local_config may point elsewhere): the
+                # greeting's listing can run on the loop.
+                loop_pool = await self._loop_pool(shared.database_url)
+                lister = pgvector.AsyncLister(loop_pool, store.collection_name)
         log.info("memory backend ready tenant=%s kind=%s seconds=%.3f", tenant, kind, perf_counter() - start)
         return TenantMemory(
             tenant=tenant,
@@ -357,7 +433,16 @@ class MemoryBackends:
             observer=self._observer,
             call_timeout=self._call_timeout,
             pool=pool,
+            lister=lister,
         )
+
+    async def _loop_pool(self, database_url: str) -> AsyncConnectionPool:
+        """One async pool per process, shared by every tenant's listing (tables differ, not databases)."""
+        if self._async_pool is None:
+            self._async_pool = await pgvector.create_async_pool(
+                database_url, max_size=self._pool_size, name="mem0-loop"
+            )
+        return self._async_pool
 
     def _local_config(
         self, tenant: str, settings: MemorySettings, pool: ConnectionPool, model: Any
@@ -416,6 +501,9 @@ class MemoryBackends:
             except Exception:
                 log.exception("closing memory backend failed tenant=%s", backend.tenant)
         self._tenants.clear()
+        if self._async_pool is not None:
+            await self._async_pool.close()
+            self._async_pool = None
         if self._embedded is not None:
             await self._run(self._embedded.stop)
             self._embedded = None

@@ -96,3 +96,44 @@ def test_list_returns_a_users_newest_rows_first(seeded: Any) -> None:
     store, _ = seeded
     (listed,) = store.list(filters={"user_id": "t/user-5"}, top_k=3)
     assert [r.payload["data"] for r in listed] == ["m5-99", "m5-98", "m5-97"]
+
+
+async def test_loop_listing_matches_the_threaded_list(seeded: Any, database_url: str) -> None:
+    store, _ = seeded
+    pool = await pgvector.create_async_pool(database_url, max_size=1, name="loop-list-test")
+    try:
+        lister = pgvector.AsyncLister(pool, store.collection_name)
+        for filters in ({"user_id": "t/user-5"}, {"user_id": "t/user-42", "data": "m42-7"}):
+            on_loop = await lister.list(filters, 4)
+            (threaded,) = store.list(filters=filters, top_k=4)
+            assert [(r.id, r.payload) for r in on_loop] == [(r.id, r.payload) for r in threaded]
+            assert on_loop
+    finally:
+        await pool.close()
+
+
+async def test_loop_listing_leaves_out_expired_rows_before_its_limit(seeded: Any, database_url: str) -> None:
+    store, _ = seeded
+    user = f"t/expiring-{uuid.uuid4().hex[:6]}"
+    today = datetime.now(UTC).date()
+    rows = [
+        ("kept-old", "2026-01-01T00:00:00+00:00", None),
+        ("kept-future", "2026-01-02T00:00:00+00:00", (today + timedelta(days=1)).isoformat()),
+        ("expired", "2026-01-03T00:00:00+00:00", (today - timedelta(days=1)).isoformat()),
+    ]
+    vector = np.ones(DIMS, dtype=np.float32) / np.sqrt(DIMS)
+    store.insert(
+        [vector.tolist()] * len(rows),
+        [
+            {"user_id": user, "data": data, "created_at": created} | ({"expiration_date": exp} if exp else {})
+            for data, created, exp in rows
+        ],
+        [str(uuid.uuid4()) for _ in rows],
+    )
+    pool = await pgvector.create_async_pool(database_url, max_size=1, name="loop-expiry-test")
+    try:
+        listed = await pgvector.AsyncLister(pool, store.collection_name).list({"user_id": user}, 2)
+    finally:
+        await pool.close()
+    # The newest row has expired: the two rows returned are the two that have not, not one of them.
+    assert [r.payload["data"] for r in listed] == ["kept-future", "kept-old"]

@@ -61,3 +61,17 @@ async def test_a_new_run_id_still_finds_the_users_earlier_memories(gateway: Runn
 
     second = await gateway.connect(user_id="runner", run_id="run-2")
     assert "marathon" in await second.bot_turn()
+
+
+async def test_greeting_recall_returns_what_mem0_get_all_returns(gateway: RunningGateway) -> None:
+    """The greeting's listing runs on the event loop, beside mem0; it must not answer differently."""
+    await gateway.tell("I grow tomatoes", user_id="lister", agent_id="coach")
+    await gateway.tell("I also grow basil", user_id="lister", agent_id="coach")
+    tenant = gateway.app[tenants_key].get(gateway.tenant)
+    assert tenant is not None
+    backend = await gateway.app[backends_key].for_tenant(tenant.name, tenant.memory)
+    scope = MemoryScope(tenant.name, user_id="lister", agent_id="coach")
+    recalled = await backend.recall(scope, 3)
+    from_mem0 = backend.client.get_all(filters={**scope.retrieval_filters(), "role": "user"}, top_k=3)
+    assert recalled == from_mem0["results"]
+    assert [m["memory"] for m in recalled] == ["I also grow basil", "I grow tomatoes"]

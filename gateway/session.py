@@ -57,6 +57,7 @@ from gateway.llm import LLMNotConfigured, TextOnlyOutput, create_llm, resolve_en
 from gateway.logging import get_logger
 from gateway.metrics import GatewayMetrics
 from gateway.observers import SessionMetricsObserver, TurnEnd
+from gateway.rtvi import DirectRTVIProcessor
 from gateway.serializers import create_serializer
 from gateway.settings import Settings
 from gateway.tenants import TenantConfig
@@ -262,6 +263,7 @@ class Session:
         self._greeting: greetings.Greeting | None = None
         self._greeting_queued = False
         self._greeted = False
+        self._started = asyncio.Event()
         self._closed = False
         self._serializer = serializer
         self.scope = MemoryScope(claims.tenant, claims.user_id, claims.agent_id, claims.run_id)
@@ -311,7 +313,7 @@ class Session:
             search_timeout=mem.search_timeout_secs,
         )
         endpoint = resolve_endpoint(tenant, settings)
-        llm = (
+        self._llm = llm = (
             create_llm(endpoint, tenant.system_prompt, deps.http_client)
             if endpoint is not None
             else LLMNotConfigured()
@@ -348,6 +350,7 @@ class Session:
                 audio_out_sample_rate=voice.audio_out_sample_rate,
             ),
             idle_timeout_secs=None,
+            rtvi_processor=DirectRTVIProcessor(output=self.transport.output()),
             # Pipecat's turn tracking feeds its tracing and audio recording, neither used here; it
             # would be one more observer on every frame.
             enable_turn_tracking=False,
@@ -356,8 +359,12 @@ class Session:
         )
         self.runner = WorkerRunner(handle_sigint=False, check_dangling_tasks=False)
 
+        self.worker.add_event_handler("on_pipeline_started", self._on_pipeline_started)
         self.transport.add_event_handler("on_client_connected", self._on_client_connected)
         self.transport.add_event_handler("on_client_disconnected", self._on_client_disconnected)
+
+    async def _on_pipeline_started(self, _worker: Any, _frame: Any) -> None:
+        self._started.set()
 
     async def _on_client_connected(self, _transport: Any, _ws: Any) -> None:
         self.worker.create_task(self._greet(), name="greeting")
@@ -371,10 +378,15 @@ class Session:
         prefetch = self._prefetch or greetings.start_prefetch(self._backend, self.scope, settings)
         self._greeting = greeting = await greetings.collect(prefetch, settings, deadline)
         self.memory.exclude_from_storage(greeting.text)
+        # Said where the LLM speaks: from the LLM service on, exactly like a reply (RTVI's bot-llm-*
+        # and bot-output, the TTS in voice mode, the assistant aggregator appending it to the context),
+        # without first crossing the transport input, RTVI, user aggregator and memory queues — about
+        # a third of the connect→greeting time. Once StartFrame has passed every processor, as
+        # Pipecat requires of any frame.
+        await self._started.wait()
         self._greeting_queued = True
-        await self.worker.queue_frames(
-            [LLMFullResponseStartFrame(), LLMTextFrame(greeting.text), LLMFullResponseEndFrame()]
-        )
+        for frame in (LLMFullResponseStartFrame(), LLMTextFrame(greeting.text), LLMFullResponseEndFrame()):
+            await self._llm.push_frame(frame)
 
     def _on_reject(self, reason: str, code: int) -> None:
         self._deps.metrics.reject(self.tenant.name, reason)

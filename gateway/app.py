@@ -32,6 +32,15 @@ class Prefetch:
 
 
 @dataclass
+class PendingSession:
+    """A session started at ``/start``, waiting for its client; ``task`` runs it to the end."""
+
+    session: Session
+    task: asyncio.Task[str]
+    serializer: str
+
+
+@dataclass
 class GatewayState:
     """Mutable per-app state, owned by the app (no module globals)."""
 
@@ -39,6 +48,11 @@ class GatewayState:
     sessions: weakref.WeakSet[Session] = field(default_factory=weakref.WeakSet)
     active_by_tenant: dict[str, int] = field(default_factory=dict)
     prefetches: dict[str, Prefetch] = field(default_factory=dict)
+    # By session ID; an entry leaves when its client connects or when the session ends unclaimed.
+    pending: dict[str, PendingSession] = field(default_factory=dict)
+    # Sessions started at /start run in tasks of their own (not their WebSocket handler's): draining
+    # waits for these to store their last words before the memory backends close.
+    session_tasks: set[asyncio.Task[str]] = field(default_factory=set)
 
     def prune_prefetches(self, now: float) -> None:
         """Drop prefetches whose token expired unused.
@@ -152,6 +166,8 @@ async def _drain(app: web.Application) -> None:
         *(session.close(WSCloseCode.GOING_AWAY, "server shutting down") for session in sessions),
         return_exceptions=True,
     )
+    if state.session_tasks:
+        await asyncio.wait(set(state.session_tasks), timeout=app[settings_key].shutdown_grace_secs)
     for entry in state.prefetches.values():
         entry.task.cancel()
     state.prefetches.clear()

@@ -22,6 +22,8 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from gateway import closecodes
 from gateway import greeting as greetings
 from gateway.app import (
+    GatewayState,
+    PendingSession,
     Prefetch,
     backends_key,
     deps_key,
@@ -37,6 +39,7 @@ from gateway.serializers import SERIALIZERS
 from gateway.session import Session
 from gateway.tenants import TenantConfig
 from gateway.tokens import SessionClaims, TokenError
+from memory.backends import TenantMemory
 from memory.scope import MemoryScope
 
 log = get_logger(__name__)
@@ -183,15 +186,18 @@ async def start(request: web.Request) -> web.Response:
         return _memory_unavailable(request, tenant.name)
 
     token, claims = app[tokens_key].issue(tenant=tenant.name, serializer=serializer, **ids)
+    structlog.contextvars.bind_contextvars(session_id=claims.session_id)
     loop = asyncio.get_running_loop()
     state.prune_prefetches(loop.time())
     scope = MemoryScope(tenant.name, ids["user_id"], ids["agent_id"], ids["run_id"])
-    state.prefetches[claims.session_id] = Prefetch(
-        task=greetings.start_prefetch(backend, scope, tenant.greeting),
-        expires_at=loop.time() + app[settings_key].prefetch_ttl_secs,
-    )
+    prefetch = greetings.start_prefetch(backend, scope, tenant.greeting)
+    settings = app[settings_key]
+    if not (settings.prestart_secs and _prestart(app, tenant, backend, claims, prefetch)):
+        state.prefetches[claims.session_id] = Prefetch(
+            task=prefetch, expires_at=loop.time() + settings.prefetch_ttl_secs
+        )
     query = f"?serializer={serializer}" if serializer else ""
-    log.info("start.accepted", session_id=claims.session_id)
+    log.info("start.accepted")
     return web.json_response(
         {
             "wsUrl": f"{_ws_base(request)}/ws-client/{token}{query}",
@@ -199,6 +205,66 @@ async def start(request: web.Request) -> web.Response:
             "sessionId": claims.session_id,
         }
     )
+
+
+def _prestart(
+    app: web.Application,
+    tenant: TenantConfig,
+    backend: TenantMemory,
+    claims: SessionClaims,
+    prefetch: asyncio.Task[Any],
+) -> bool:
+    """Assemble and start the session now, so that its pipeline is up when the client connects.
+
+    As Pipecat's development runner starts the bot at ``/start``: the pipeline's start-up overlaps the
+    client's connect instead of following it. The session takes its tenant slot now; if no client
+    attaches within ``prestart_secs`` it ends (``unclaimed``) and frees it, and a later connect with
+    the still-valid token gets a session built at connect, as on a replica that never saw the /start.
+    """
+    state = app[state_key]
+    serializer = claims.serializer or "protobuf"
+    active = state.active_by_tenant.get(tenant.name, 0)
+    if active >= tenant.max_sessions:
+        return False  # taken since the check; the connect will find room or refuse with 4029
+    state.active_by_tenant[tenant.name] = active + 1
+    try:
+        session = Session(
+            ws=None,
+            claims=claims,
+            tenant=tenant,
+            backend=backend,
+            deps=app[deps_key],
+            serializer=serializer,
+            prefetch=prefetch,
+            accepted_at=None,
+        )
+    except Exception:
+        state.active_by_tenant[tenant.name] -= 1
+        log.exception("start.prestart_failed")
+        return False
+    state.sessions.add(session)  # from now on, draining closes it too
+    task = asyncio.create_task(_run_session(state, tenant.name, session), name="session")
+    entry = PendingSession(session=session, task=task, serializer=serializer)
+    state.pending[claims.session_id] = entry
+    state.session_tasks.add(task)
+    task.add_done_callback(state.session_tasks.discard)
+    task.add_done_callback(lambda _: _drop_pending(state, claims.session_id, entry))
+    return True
+
+
+def _drop_pending(state: GatewayState, session_id: str, entry: PendingSession) -> None:
+    if state.pending.get(session_id) is entry:
+        del state.pending[session_id]
+
+
+async def _run_session(state: GatewayState, tenant: str, session: Session) -> str:
+    """Run one session to its end; the caller has already taken the tenant slot this releases."""
+    state.sessions.add(session)
+    try:
+        return await session.run()
+    finally:
+        state.sessions.discard(session)
+        state.active_by_tenant[tenant] -= 1
 
 
 def _claims_match(request: web.Request, claims: SessionClaims) -> bool:
@@ -260,42 +326,55 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if tenant is None:
         return await _refuse(request, ws, None, "bad_token", closecodes.BAD_TOKEN, bad_token)
     structlog.contextvars.bind_contextvars(tenant=tenant.name, session_id=claims.session_id)
-    # The token is spent either way; its greeting prefetch is used now or never.
+    # The token is spent either way; its started session or greeting prefetch is used now or never.
+    serializer = requested or claims.serializer or "protobuf"
+    pending = state.pending.pop(claims.session_id, None)
+    active = state.active_by_tenant.get(tenant.name, 0)
+    if pending is not None and (pending.task.done() or pending.serializer != serializer):
+        # Ended meanwhile, or the client asked for another wire format than /start: start afresh,
+        # in the slot the started session is about to give back.
+        if not pending.task.done():
+            active -= 1
+        await pending.session.close(closecodes.NORMAL, "replaced")
+        pending = None
     prefetch = state.prefetches.pop(claims.session_id, None)
-    refusal = _admission(request, tenant, claims, state.active_by_tenant.get(tenant.name, 0))
+    # A started session holds its slot already; only a session built now needs a free one.
+    refusal = _admission(request, tenant, claims, 0 if pending is not None else active)
     if refusal is not None:
+        if pending is not None:
+            await pending.session.close(closecodes.NORMAL, "refused")
         if prefetch is not None:
             prefetch.task.cancel()
         return await _refuse(request, ws, tenant.name, *refusal)
+    abort = functools.partial(_abort, request)
+    if pending is not None:
+        pending.session.attach(ws, accepted_at, abort)
+        # The session runs in its own task (started at /start); this handler keeps the socket open.
+        await asyncio.shield(pending.task)
+        return ws
 
     # Take the slot before the first await, so concurrent connects cannot overshoot the limit.
     state.active_by_tenant[tenant.name] = state.active_by_tenant.get(tenant.name, 0) + 1
     try:
-        try:
-            backend = await app[backends_key].for_tenant(tenant.name, tenant.memory)
-            session = Session(
-                ws=ws,
-                claims=claims,
-                tenant=tenant,
-                backend=backend,
-                deps=app[deps_key],
-                serializer=requested or claims.serializer or "protobuf",
-                prefetch=prefetch.task if prefetch else None,
-                accepted_at=accepted_at,
-                abort=functools.partial(_abort, request),
-            )
-        except Exception:
-            log.exception("ws.session_setup_failed")
-            return await _refuse(
-                request, ws, tenant.name, "internal_error", closecodes.INTERNAL_ERROR, "internal error"
-            )
-        state.sessions.add(session)
-        try:
-            await session.run()
-        finally:
-            state.sessions.discard(session)
-    finally:
+        backend = await app[backends_key].for_tenant(tenant.name, tenant.memory)
+        session = Session(
+            ws=ws,
+            claims=claims,
+            tenant=tenant,
+            backend=backend,
+            deps=app[deps_key],
+            serializer=serializer,
+            prefetch=prefetch.task if prefetch else None,
+            accepted_at=accepted_at,
+            abort=abort,
+        )
+    except Exception:
         state.active_by_tenant[tenant.name] -= 1
+        log.exception("ws.session_setup_failed")
+        return await _refuse(
+            request, ws, tenant.name, "internal_error", closecodes.INTERNAL_ERROR, "internal error"
+        )
+    await _run_session(state, tenant.name, session)
     return ws
 
 

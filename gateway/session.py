@@ -244,26 +244,30 @@ class Session:
     def __init__(
         self,
         *,
-        ws: web.WebSocketResponse,
+        ws: web.WebSocketResponse | None,
         claims: SessionClaims,
         tenant: TenantConfig,
         backend: TenantMemory,
         deps: SessionDeps,
         serializer: str,
         prefetch: asyncio.Task[Any] | None,
-        accepted_at: float,
+        accepted_at: float | None,
         abort: Callable[[], None] = lambda: None,
     ) -> None:
+        """``ws=None`` (with ``accepted_at=None``) assembles a session ahead of its client, at
+        ``/start``: ``run()`` starts the pipeline at once, ``attach()`` hands it the socket later."""
         self.id = claims.session_id
         self.tenant = tenant
         self._deps = deps
         self._backend = backend
         self._prefetch = prefetch
-        self._accepted_at = accepted_at
+        self._accepted_at = accepted_at or 0.0
+        self._connected = False
+        self._prestarted = ws is None
+        self._started_at = perf_counter()
         self._greeting: greetings.Greeting | None = None
         self._greeting_queued = False
         self._greeted = False
-        self._started = asyncio.Event()
         self._closed = False
         self._serializer = serializer
         self.scope = MemoryScope(claims.tenant, claims.user_id, claims.agent_id, claims.run_id)
@@ -283,6 +287,7 @@ class Session:
                 max_bad_frames=settings.max_bad_frames,
                 send_timeout=settings.send_timeout_secs,
                 idle_timeout=settings.idle_timeout_secs,
+                attach_timeout=settings.prestart_secs or 10.0,
                 audio_in_enabled=voice.audio_in,
                 audio_out_enabled=voice.audio_out,
             ),
@@ -359,14 +364,29 @@ class Session:
         )
         self.runner = WorkerRunner(handle_sigint=False, check_dangling_tasks=False)
 
-        self.worker.add_event_handler("on_pipeline_started", self._on_pipeline_started)
         self.transport.add_event_handler("on_client_connected", self._on_client_connected)
         self.transport.add_event_handler("on_client_disconnected", self._on_client_disconnected)
 
-    async def _on_pipeline_started(self, _worker: Any, _frame: Any) -> None:
-        self._started.set()
+    def attach(self, ws: web.WebSocketResponse, accepted_at: float, abort: Callable[[], None]) -> None:
+        """The client of a session started at ``/start`` connected: hand over its socket."""
+        self._accepted_at = accepted_at
+        self.transport.client.attach(ws, abort)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
 
     async def _on_client_connected(self, _transport: Any, _ws: Any) -> None:
+        self._connected = True
+        self._started_at = perf_counter()
+        self._deps.metrics.sessions_active.labels(self.tenant.name).inc()
+        setup = asyncio.get_running_loop().time() - self._accepted_at
+        log.info(
+            "session.start",
+            serializer=self._serializer,
+            prestarted=self._prestarted,
+            setup_seconds=round(setup, 4),
+        )
         self.worker.create_task(self._greet(), name="greeting")
 
     async def _on_client_disconnected(self, _transport: Any, _ws: Any) -> None:
@@ -381,9 +401,9 @@ class Session:
         # Said where the LLM speaks: from the LLM service on, exactly like a reply (RTVI's bot-llm-*
         # and bot-output, the TTS in voice mode, the assistant aggregator appending it to the context),
         # without first crossing the transport input, RTVI, user aggregator and memory queues — about
-        # a third of the connect→greeting time. Once StartFrame has passed every processor, as
-        # Pipecat requires of any frame.
-        await self._started.wait()
+        # a third of the connect→greeting time. Once StartFrame has reached the transport output,
+        # i.e. has passed every processor the greeting will (Pipecat requires it of any frame).
+        await self.transport.output().started.wait()
         self._greeting_queued = True
         for frame in (LLMFullResponseStartFrame(), LLMTextFrame(greeting.text), LLMFullResponseEndFrame()):
             await self._llm.push_frame(frame)
@@ -407,13 +427,13 @@ class Session:
             )
 
     async def run(self) -> str:
-        """Run the pipeline until the connection ends; returns the outcome label."""
+        """Run the pipeline until the connection ends; returns the outcome label.
+
+        A session started at ``/start`` whose client never connected ends as ``unclaimed``: it is
+        logged but not counted as a session (it never had a connection).
+        """
         metrics = self._deps.metrics
         name = self.tenant.name
-        started = perf_counter()
-        metrics.sessions_active.labels(name).inc()
-        setup = asyncio.get_running_loop().time() - self._accepted_at
-        log.info("session.start", serializer=self._serializer, setup_seconds=round(setup, 4))
         failed = False
         try:
             await self.runner.add_workers(self.worker)
@@ -426,13 +446,17 @@ class Session:
             await self.transport.client.close(WSCloseCode.INTERNAL_ERROR, "internal error")
         finally:
             await self._finish()
-            metrics.sessions_active.labels(name).dec()
+            if self._connected:
+                metrics.sessions_active.labels(name).dec()
+        if self._prestarted and not self._connected and not failed:
+            log.info("session.unclaimed", seconds=round(perf_counter() - self._started_at, 3))
+            return "unclaimed"
         outcome = _outcome(self.transport.client.close_code, failed)
         metrics.sessions_total.labels(name, outcome).inc()
         log.info(
             "session.end",
             outcome=outcome,
-            seconds=round(perf_counter() - started, 3),
+            seconds=round(perf_counter() - self._started_at, 3),
             close_code=self.transport.client.close_code,
         )
         return outcome

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     max_bad_frames: int = Field(default=5, ge=1, description="undecodable frames before close 1007")
     greeting_deadline_secs: float = Field(default=1.0, gt=0, le=30)
     prefetch_ttl_secs: float = Field(default=120.0, gt=0)
+    prestart_secs: float = Field(
+        default=10.0,
+        ge=0,
+        description="/start assembles and starts the session's pipeline, which waits this long for its "
+        "socket (holding one of the tenant's sessions); 0 starts it at connect instead",
+    )
     memory_workers: int = Field(default=8, ge=1, le=256)
     memory_call_timeout_secs: float = Field(default=10.0, gt=0)
     memory_pool_size: int = Field(default=4, ge=1)

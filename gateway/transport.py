@@ -9,7 +9,10 @@ the FastAPI model it:
 * lets aiohttp enforce the message-size limit (close 1009) and reports it;
 * bounds every send with a timeout, so a client that stops reading cannot stall the pipeline (1008);
 * closes a connection whose client sent nothing for ``idle_timeout`` (4008), pings not counting;
-* counts messages per direction through callbacks bound once per session (no label lookups per frame).
+* counts messages per direction through callbacks bound once per session (no label lookups per frame);
+* can start before its socket exists: a session assembled and started at ``/start`` gets its socket
+  with ``attach()`` when the client connects; until then nothing is read or written, and
+  ``on_client_connected`` fires on attach. ``attach_timeout`` bounds the wait.
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ class AiohttpWebsocketParams(TransportParams):
         idle_timeout: Longest the client may send no data message before closing with 4008.
         close_timeout: Longest to wait for the close handshake.
         max_bad_frames: Undecodable frames tolerated before closing with 1007.
+        attach_timeout: Longest a transport started without its socket waits for ``attach()``
+            before it reports the client as gone.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -75,6 +80,7 @@ class AiohttpWebsocketParams(TransportParams):
     idle_timeout: float | None = Field(default=None, gt=0)
     close_timeout: float = Field(default=1.0, gt=0)
     max_bad_frames: int = Field(default=5, ge=1)
+    attach_timeout: float = Field(default=10.0, gt=0)
 
 
 class AiohttpWebsocketClient:
@@ -82,7 +88,7 @@ class AiohttpWebsocketClient:
 
     def __init__(
         self,
-        ws: web.WebSocketResponse,
+        ws: web.WebSocketResponse | None,
         *,
         on_connected: Callable[[], Awaitable[None]],
         on_disconnected: Callable[[], Awaitable[None]],
@@ -96,6 +102,9 @@ class AiohttpWebsocketClient:
         abort: Callable[[], None] = _noop,
     ) -> None:
         self._ws = ws
+        self._attached = asyncio.Event()
+        if ws is not None:
+            self._attached.set()
         self._abort = abort
         self._on_reject = on_reject
         self._idle_timeout = idle_timeout
@@ -112,12 +121,31 @@ class AiohttpWebsocketClient:
         self.close_reason: str | None = None
 
     @property
-    def websocket(self) -> web.WebSocketResponse:
+    def websocket(self) -> web.WebSocketResponse | None:
         return self._ws
 
     @property
     def is_connected(self) -> bool:
-        return not self._ws.closed
+        return self._ws is not None and not self._ws.closed
+
+    def attach(self, ws: web.WebSocketResponse, abort: Callable[[], None] | None = None) -> None:
+        """Hand over the socket of a session that started before its client connected."""
+        if self._ws is not None:
+            raise RuntimeError("a socket is already attached")
+        self._ws = ws
+        if abort is not None:
+            self._abort = abort
+        self._attached.set()
+
+    async def wait_attached(self, timeout: float) -> bool:
+        """True once a socket is attached (at once if it came with the client); False on timeout
+        or if the client was closed first."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._attached.wait()
+        except TimeoutError:
+            return False
+        return not self._closing
 
     @property
     def is_closing(self) -> bool:
@@ -128,13 +156,16 @@ class AiohttpWebsocketClient:
 
     async def receive(self) -> Any:
         """Yield each data message until the socket closes, errors or idles out."""
+        ws = self._ws
+        if ws is None:
+            return
         while True:
             try:
                 # An absolute wait per message: aiohttp's own receive timeout restarts on every
                 # ping/pong, so a client that only keeps the socket alive would never idle out.
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps every call in a new task.
                 async with asyncio.timeout(self._idle_timeout):
-                    msg = await self._ws.receive()
+                    msg = await ws.receive()
             except TimeoutError:
                 self._on_reject("idle_timeout", closecodes.IDLE_TIMEOUT)
                 await self.close(closecodes.IDLE_TIMEOUT, "idle timeout")
@@ -155,18 +186,19 @@ class AiohttpWebsocketClient:
                 self._on_reject(reason, self.close_code)
                 break
         if self.close_code is None:
-            self.close_code = self._ws.close_code
+            self.close_code = ws.close_code
 
     async def send(self, data: str | bytes) -> bool:
-        if self._closing or self._ws.closed:
+        ws = self._ws
+        if self._closing or ws is None or ws.closed:
             return False
         try:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps every send in a new task.
             async with asyncio.timeout(self._send_timeout):
                 if isinstance(data, bytes):
-                    await self._ws.send_bytes(data)
+                    await ws.send_bytes(data)
                 else:
-                    await self._ws.send_str(data)
+                    await ws.send_str(data)
         except TimeoutError:
             self._on_reject("slow_client", closecodes.POLICY_VIOLATION)
             await self.close(closecodes.POLICY_VIOLATION, "client not reading")
@@ -189,12 +221,14 @@ class AiohttpWebsocketClient:
         self._closing = True
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
-        if self._ws.closed:
+        ws = self._ws
+        if ws is None:
+            self._attached.set()  # wake a transport still waiting for its socket: it never comes
+            return
+        if ws.closed:
             return
         try:
-            await asyncio.wait_for(
-                self._ws.close(code=code, message=reason.encode()[:120]), self._close_timeout
-            )
+            await asyncio.wait_for(ws.close(code=code, message=reason.encode()[:120]), self._close_timeout)
             return
         except asyncio.CancelledError:
             # aiohttp's writers share one drain future; the send timeout that cancelled a stuck send
@@ -249,13 +283,21 @@ class AiohttpWebsocketInputTransport(BaseInputTransport):
 
     async def start(self, frame: StartFrame) -> None:
         await super().start(frame)
+        if not self._receive_task:
+            self._receive_task = self.create_task(self._serve())
+        await self.set_transport_ready(frame)
+
+    async def _serve(self) -> None:
+        """Once the socket is there: report the client connected, then read until it goes."""
+        if not await self._client.wait_attached(self._ws_params.attach_timeout):
+            await self._client.close(WSCloseCode.OK, "client never connected")
+            await self._client.trigger_disconnected()
+            return
         if not self._monitor_task and self._ws_params.session_timeout:
             self._monitor_task = self.create_task(self._monitor(self._ws_params.session_timeout))
         await self._client.trigger_connected()
         await self.push_frame(ClientConnectedFrame())
-        if not self._receive_task:
-            self._receive_task = self.create_task(self._receive_messages())
-        await self.set_transport_ready(frame)
+        await self._receive_messages()
 
     async def _teardown(self) -> None:
         if self._monitor_task:
@@ -347,6 +389,9 @@ class AiohttpWebsocketOutputTransport(BaseOutputTransport):
         self._on_message = on_message
         self._send_interval = 0.0
         self._next_send_time = 0.0
+        # Set once StartFrame has reached this processor, i.e. has passed every processor before it:
+        # from then on a processor upstream may push frames that end up here (the greeting does).
+        self.started = asyncio.Event()
 
     async def setup(self, setup: FrameProcessorSetup) -> None:  # type: ignore[override]
         await super().setup(setup)
@@ -358,6 +403,7 @@ class AiohttpWebsocketOutputTransport(BaseOutputTransport):
     async def start(self, frame: StartFrame) -> None:
         await super().start(frame)
         await self.set_transport_ready(frame)
+        self.started.set()
 
     async def stop(self, frame: EndFrame) -> None:
         await super().stop(frame)
@@ -410,14 +456,14 @@ class AiohttpWebsocketOutputTransport(BaseOutputTransport):
 
 
 class AiohttpWebsocketTransport(BaseTransport):
-    """Pipecat transport over an already prepared aiohttp ``WebSocketResponse``.
+    """Pipecat transport over an aiohttp ``WebSocketResponse``: prepared already, or ``attach()``-ed later.
 
     Event handlers: ``on_client_connected``, ``on_client_disconnected``, ``on_session_timeout``.
     """
 
     def __init__(
         self,
-        ws: web.WebSocketResponse,
+        ws: web.WebSocketResponse | None,
         params: AiohttpWebsocketParams,
         *,
         count_in: Callable[[], None] = _noop,
@@ -433,9 +479,11 @@ class AiohttpWebsocketTransport(BaseTransport):
         self._ws_params = params
         self._client = AiohttpWebsocketClient(
             ws,
-            on_connected=lambda: self._call_event_handler("on_client_connected", ws),
-            on_disconnected=lambda: self._call_event_handler("on_client_disconnected", ws),
-            on_timeout=lambda: self._call_event_handler("on_session_timeout", ws),
+            on_connected=lambda: self._call_event_handler("on_client_connected", self._client.websocket),
+            on_disconnected=lambda: self._call_event_handler(
+                "on_client_disconnected", self._client.websocket
+            ),
+            on_timeout=lambda: self._call_event_handler("on_session_timeout", self._client.websocket),
             send_timeout=params.send_timeout,
             close_timeout=params.close_timeout,
             idle_timeout=params.idle_timeout,

@@ -100,23 +100,47 @@ async def test_repeated_garbage_is_closed_with_1007(make_gateway: GatewayFactory
     assert [m["type"] for m in client.received].count("error") >= 2
 
 
-async def test_tenant_at_its_session_limit_gets_429_at_start_and_4029_at_connect(
-    make_gateway: GatewayFactory,
-) -> None:
+async def test_tenant_at_its_session_limit_gets_429_at_start(make_gateway: GatewayFactory) -> None:
     gateway = await make_gateway(tenants=[{"name": unique("small"), "max_sessions": 1}])
-    early = await gateway.start(user_id="second", serializer="rtvi")  # token minted while there was room
     first = await gateway.connect(user_id="first")
     await first.bot_turn()
 
-    refused = await gateway.start(user_id="third")
+    refused = await gateway.start(user_id="second")
     assert refused.status == 429 and refused.headers["Retry-After"] == "1"
-    assert await _close_code(gateway, (await early.json())["wsUrl"]) == 4029
-    assert gateway.sample("gateway_rejections_total", tenant=gateway.tenant, reason="session_limit") == 2
+    assert await refused.json() == {"error": "tenant is at its concurrent-session limit"}
+    assert gateway.sample("gateway_rejections_total", tenant=gateway.tenant, reason="session_limit") == 1
 
     await first.ws.close()
     await gateway.settle()
     later = await gateway.connect(user_id="third")
     assert "nice to meet you" in (await later.bot_turn()).lower()
+
+
+async def test_a_started_session_holds_its_slot_until_its_client_connects(
+    make_gateway: GatewayFactory,
+) -> None:
+    gateway = await make_gateway(tenants=[{"name": unique("small"), "max_sessions": 1}])
+    started = await gateway.start(user_id="first", serializer="rtvi")
+    assert (await gateway.start(user_id="second")).status == 429
+
+    async with gateway.http.ws_connect((await started.json())["wsUrl"]) as ws:
+        client = WireClient(ws, "rtvi")
+        assert "nice to meet you" in (await client.bot_turn()).lower()
+
+
+async def test_token_from_another_replica_gets_4029_at_a_full_one(make_gateway: GatewayFactory) -> None:
+    """Any replica verifies any replica's token; the one it connects to enforces its own limit."""
+    name = unique("spread")
+    replica_a = await make_gateway(tenants=[{"name": name, "max_sessions": 1}])
+    replica_b = await make_gateway(tenants=[{"name": name, "max_sessions": 1}])
+    on_b = await replica_b.connect(user_id="first")
+    await on_b.bot_turn()
+
+    minted_on_a = await replica_a.start(user_id="second", serializer="rtvi")
+    ws_url = (await minted_on_a.json())["wsUrl"]
+    url = ws_url.replace(replica_a.url.removeprefix("http"), replica_b.url.removeprefix("http"))
+    assert await _close_code(replica_b, url) == 4029
+    assert replica_b.sample("gateway_rejections_total", tenant=name, reason="session_limit") == 1
 
 
 async def test_unknown_serializer_at_connect_is_400_and_the_token_stays_out_of_the_logs(

@@ -1,0 +1,67 @@
+"""Sessions start at /start (as Pipecat's runner starts the bot), and wait a bounded time for their client."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.app import state_key
+from tests.clients import WireClient
+from tests.conftest import GatewayFactory, RunningGateway
+
+
+async def _ws(gateway: RunningGateway, url: str, serializer: str) -> WireClient:
+    client = WireClient(await gateway.http.ws_connect(url), serializer)
+    gateway.clients.append(client)
+    return client
+
+
+async def test_start_starts_the_session_before_the_client_connects(gateway: RunningGateway) -> None:
+    started = await gateway.start(user_id="early", serializer="rtvi")
+    state = gateway.app[state_key]
+    assert len(state.pending) == 1 and state.active_by_tenant[gateway.tenant] == 1
+    # Not a session yet for the dashboards: nothing is connected.
+    assert gateway.sample("gateway_sessions_active", tenant=gateway.tenant) == 0
+
+    client = await _ws(gateway, (await started.json())["wsUrl"], "rtvi")
+    assert "nice to meet you" in (await client.bot_turn()).lower()
+    assert await client.say("hello there") == "I heard: hello there"
+    assert not state.pending
+    assert gateway.sample("gateway_sessions_active", tenant=gateway.tenant) == 1
+
+
+async def test_an_unclaimed_session_ends_and_frees_its_slot_but_the_token_still_works(
+    make_gateway: GatewayFactory,
+) -> None:
+    gateway = await make_gateway(tenants=[{"name": "late", "max_sessions": 1}], prestart_secs=0.3)
+    started = await gateway.start(user_id="slow", serializer="rtvi")
+    assert (await gateway.start(user_id="other")).status == 429
+    await gateway.settle_sessions(0)  # the started session gave up waiting
+    assert gateway.sample("gateway_sessions_total", tenant="late", outcome="completed") == 0
+
+    client = await _ws(gateway, (await started.json())["wsUrl"], "rtvi")  # within the token's TTL
+    assert "nice to meet you" in (await client.bot_turn()).lower()
+    await client.ws.close()
+    await gateway.settle()
+    assert gateway.sample("gateway_sessions_total", tenant="late", outcome="completed") == 1
+
+
+async def test_a_client_choosing_another_serializer_at_connect_gets_a_session_in_it(
+    make_gateway: GatewayFactory,
+) -> None:
+    gateway = await make_gateway(tenants=[{"name": "switch", "max_sessions": 1}])
+    started = await gateway.start(user_id="proto-fan", serializer="rtvi")
+    url = (await started.json())["wsUrl"].replace("?serializer=rtvi", "?serializer=protobuf")
+    client = await _ws(gateway, url, "protobuf")
+    assert "nice to meet you" in (await client.bot_turn()).lower()
+    assert await client.say("binary please") == "I heard: binary please"
+    assert gateway.app[state_key].active_by_tenant["switch"] == 1
+
+
+async def test_draining_ends_sessions_still_waiting_for_their_client(gateway: RunningGateway) -> None:
+    await gateway.start(user_id="never", serializer="rtvi")
+    state = gateway.app[state_key]
+    assert state.pending
+    await gateway.server.close()
+    async with asyncio.timeout(5):
+        while state.pending or state.active_by_tenant.get(gateway.tenant):
+            await asyncio.sleep(0.02)

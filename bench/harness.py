@@ -670,6 +670,32 @@ async def echo_once(http: aiohttp.ClientSession, ws_url: str) -> float:
     return elapsed
 
 
+async def post_then_echo(http: aiohttp.ClientSession, base: str, ws_url: str) -> float:
+    """Seconds for a bare ``POST {base}/start`` (read to its JSON) and then ``echo_once``: the two round
+    trips a client makes to a gateway (``/start``, then the socket), with no work behind them."""
+    started = time.perf_counter()
+    async with http.post(
+        f"{base}/start",
+        data=json.dumps({"transport": "websocket", "body": {"user_id": "x"}}),
+        headers={"Authorization": "Bearer k", "Content-Type": "application/json"},
+    ) as resp:
+        await resp.json()
+    return (time.perf_counter() - started) + await echo_once(http, ws_url)
+
+
+async def ws_greeting_timed(http: aiohttp.ClientSession, ws_url: str) -> tuple[float | None, str]:
+    """Connect and read the first bot turn: (seconds from connect to ``bot-llm-stopped``, or None if it
+    failed; its text, or why it failed)."""
+    started = time.perf_counter()
+    try:
+        async with http.ws_connect(ws_url) as ws:
+            text = await read_bot_turn(ws)
+            elapsed = time.perf_counter() - started
+        return elapsed, text
+    except (RuntimeError, aiohttp.ClientError, TimeoutError) as e:
+        return None, str(e)
+
+
 async def echo_floor(n: int, warmup: int = 5) -> list[float]:
     """``n`` sequential ``echo_once`` samples against a fresh echo server (after ``warmup`` unrecorded)."""
     async with start_echo_server() as ws_url, aiohttp.ClientSession() as http:

@@ -19,6 +19,14 @@ Two roles, each a small line-oriented JSON protocol over stdin/stdout so the ben
 
     Progress lines (``{"event": "progress", "done": i, "total": n}``) come while a command runs.
 
+``python -m bench.loadgen timer``
+    One sequential timing client, for the latency scenarios: answers ``ready``, then for each command
+    line times one sample with the harness's client functions and answers ``{"event": "timed", ...}``:
+    ``{"cmd": "greet", "url", "key", "user_id"}`` (``POST /start`` → greeting: ``total``, ``connect``,
+    ``text``), ``{"cmd": "ws_greeting", "ws_url"}`` (connect → first bot turn: ``seconds``, ``text``),
+    ``{"cmd": "echo", "ws_url"}`` and ``{"cmd": "post_echo", "base", "ws_url"}`` (``seconds``). A failed
+    sample answers ``error``.
+
 Everything targets loopback only, and every wait has a deadline, so a stuck gateway ends a command with
 counted errors rather than a hang.
 """
@@ -305,14 +313,53 @@ async def run_llm() -> None:
     await llm.close()
 
 
+def _loopback(url: str) -> str:
+    host = url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
+    if host not in ALLOWED_HOSTS:
+        raise SystemExit(f"refusing to time a non-loopback host: {host}")
+    return url
+
+
+async def _time(http: aiohttp.ClientSession, command: dict[str, Any]) -> dict[str, Any]:
+    from bench.harness import echo_once, greet_timed, post_then_echo, ws_greeting_timed
+
+    cmd = command["cmd"]
+    if cmd == "greet":
+        timing = await greet_timed(http, _loopback(command["url"]), command["key"], command["user_id"])
+        return {"total": timing.total, "connect": timing.connect, "text": timing.text}
+    if cmd == "ws_greeting":
+        seconds, text = await ws_greeting_timed(http, _loopback(command["ws_url"]))
+        return {"seconds": seconds, "text": text}
+    if cmd == "echo":
+        return {"seconds": await echo_once(http, _loopback(command["ws_url"]))}
+    if cmd == "post_echo":
+        base, ws_url = _loopback(command["base"]), _loopback(command["ws_url"])
+        return {"seconds": await post_then_echo(http, base, ws_url)}
+    raise SystemExit(f"unknown command {cmd!r}")
+
+
+async def run_timer() -> None:
+    reader = await _stdin_reader()
+    async with aiohttp.ClientSession() as http:
+        _emit("ready")
+        while (command := await _read_line(reader)) is not None:
+            try:
+                result = await _time(http, command)
+            except (RuntimeError, aiohttp.ClientError, TimeoutError) as e:
+                result = {"error": f"{type(e).__name__}: {e}"}
+            _emit("timed", **result)
+
+
 def main(argv: list[str]) -> None:
     role = argv[1] if len(argv) > 1 else ""
     if role == "clients":
         asyncio.run(run_clients())
     elif role == "llm":
         asyncio.run(run_llm())
+    elif role == "timer":
+        asyncio.run(run_timer())
     else:
-        raise SystemExit("usage: python -m bench.loadgen clients|llm")
+        raise SystemExit("usage: python -m bench.loadgen clients|llm|timer")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Shared plumbing of the load scenarios (``concurrency``, ``rss``): the gateway under test in this
 process (the harness's ``start_gateway``), the fake LLM and the client load generator (``bench.loadgen``)
-each in a child process of their own.
+each in a child process of their own; and the latency scenarios' (``greeting``, ``floor``) sequential
+timing client, also in a process of its own (``TimingClient``).
 
 The gateway owns this process's event loop; the clients never share it, so their CPU and scheduling do
 not show up as gateway latency, and this process's CPU time and RSS are the gateway's (plus the idle
@@ -27,7 +28,7 @@ os.environ.setdefault("MEM0_TELEMETRY", "false")
 
 from aiohttp import web
 
-from bench.harness import BenchContext, BenchGateway, start_gateway
+from bench.harness import BenchContext, BenchGateway, GreetingTiming, start_gateway
 from bench.loadgen import raise_nofile_limit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -307,3 +308,55 @@ async def wait_sessions(app: web.Application, live: int, timeout: float) -> bool
             return False
         await asyncio.sleep(0.05)
     return True
+
+
+class TimingClient:
+    """``bench.loadgen timer``: one sample at a time, timed in the client's own process.
+
+    A client sharing the gateway's event loop would be queued behind the gateway's own work (the
+    pipeline a ``/start`` starts, a session's teardown) and charge it to the sample; a real client has
+    a machine of its own. The command's round trip over the pipe is outside every span.
+    """
+
+    def __init__(self, child: Child) -> None:
+        self._child = child
+
+    async def _timed(self, timeout: float = 60.0, **command: Any) -> dict[str, Any]:
+        await self._child.send(command)
+        return await self._child.expect("timed", timeout)
+
+    async def greet(self, url: str, key: str, user_id: str) -> GreetingTiming:
+        """``greet_timed``: ``POST /start`` → WebSocket → greeting; raises if the sample failed."""
+        result = await self._timed(cmd="greet", url=url, key=key, user_id=user_id)
+        if "error" in result:
+            raise RuntimeError(result["error"])
+        return GreetingTiming(total=result["total"], connect=result["connect"], text=result["text"])
+
+    async def ws_greeting(self, ws_url: str) -> tuple[float | None, str]:
+        """``ws_greeting_timed``: (seconds or None if it failed, text or the failure)."""
+        result = await self._timed(cmd="ws_greeting", ws_url=ws_url)
+        if "error" in result:
+            return None, str(result["error"])
+        return result["seconds"], str(result["text"])
+
+    async def echo(self, ws_url: str) -> float:
+        result = await self._timed(cmd="echo", ws_url=ws_url)
+        if "error" in result:
+            raise RuntimeError(result["error"])
+        return float(result["seconds"])
+
+    async def post_echo(self, base: str, ws_url: str) -> float:
+        result = await self._timed(cmd="post_echo", base=base, ws_url=ws_url)
+        if "error" in result:
+            raise RuntimeError(result["error"])
+        return float(result["seconds"])
+
+
+@contextlib.asynccontextmanager
+async def timing_client() -> AsyncIterator[TimingClient]:
+    child = await Child.spawn("timer")
+    try:
+        await child.expect("ready", 60.0)
+        yield TimingClient(child)
+    finally:
+        await child.stop()

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import WSCloseCode, web
 
 from gateway.limits import RateLimiter
-from gateway.llm import create_http_client
+from gateway.llm import OpenAIClients, create_http_client
 from gateway.logging import get_logger
 from gateway.metrics import GatewayMetrics
 from gateway.session import Session, SessionDeps
@@ -147,7 +147,12 @@ async def _memory_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _deps_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
     http_client = create_http_client(settings.llm_timeout_secs)
-    deps = app[deps_key] = SessionDeps(settings=settings, metrics=app[metrics_key], http_client=http_client)
+    deps = app[deps_key] = SessionDeps(
+        settings=settings,
+        metrics=app[metrics_key],
+        http_client=http_client,
+        openai_clients=OpenAIClients(http_client),
+    )
     if any(tenant.stt is not None for tenant in app[tenants_key]):
         # Load the VAD model now, off the loop, rather than in the first voice caller's connect.
         await asyncio.get_running_loop().run_in_executor(None, deps.voice_models.vad_analyzer)

@@ -2,7 +2,8 @@
 
 Constructing ``OpenAILLMService`` normally builds an ``AsyncOpenAI`` with its own httpx client and SSL
 context (≈30-40 ms per session, PITFALLS.md). ``create_client`` is Pipecat's hook for that; ours hands
-every session's ``AsyncOpenAI`` the process-wide ``httpx.AsyncClient`` (≈0.1 ms).
+out one ``AsyncOpenAI`` per endpoint per process (``OpenAIClients``), all on the process-wide
+``httpx.AsyncClient``: even on a shared httpx client a new ``AsyncOpenAI`` costs ≈1 ms per session.
 
 With no endpoint and no ``OPENAI_API_KEY`` the gateway still runs (greets from memory, stores what the
 user says) and answers each user turn with an RTVI ``error`` explaining how to configure an LLM.
@@ -71,10 +72,46 @@ def create_http_client(timeout: float) -> DefaultAsyncHttpxClient:
     return DefaultAsyncHttpxClient(timeout=Timeout(timeout, connect=5.0))
 
 
+class OpenAIClients:
+    """One ``AsyncOpenAI`` per endpoint (key, base URL, headers), built on first use and shared.
+
+    The SDK client is stateless between requests (and Pipecat never closes it), so sessions can
+    share it; it holds no connection of its own, only configuration around the shared httpx client.
+    """
+
+    def __init__(self, http_client: DefaultAsyncHttpxClient) -> None:
+        self._http_client = http_client
+        self._clients: dict[tuple[Any, ...], AsyncOpenAI] = {}
+
+    def get(
+        self,
+        *,
+        api_key: Any = None,
+        base_url: Any = None,
+        organization: Any = None,
+        project: Any = None,
+        default_headers: Any = None,
+    ) -> AsyncOpenAI:
+        headers = tuple(sorted((default_headers or {}).items()))
+        key = (api_key, str(base_url) if base_url else None, organization, project, headers)
+        client = self._clients.get(key)
+        if client is None:
+            client = self._clients[key] = AsyncOpenAI(
+                api_key=api_key,
+                base_url=base_url,
+                organization=organization,
+                project=project,
+                default_headers=default_headers,
+                http_client=self._http_client,
+                max_retries=0,
+            )
+        return client
+
+
 class SharedClientOpenAILLMService(OpenAILLMService):
-    def __init__(self, *, http_client: DefaultAsyncHttpxClient, **kwargs: Any) -> None:
-        # create_client runs inside the base __init__, so the client must be in place first.
-        self._shared_http_client = http_client
+    def __init__(self, *, clients: OpenAIClients, **kwargs: Any) -> None:
+        # create_client runs inside the base __init__, so the clients must be in place first.
+        self._clients = clients
         super().__init__(**kwargs)
 
     def create_client(
@@ -86,27 +123,23 @@ class SharedClientOpenAILLMService(OpenAILLMService):
         default_headers: Any = None,
         **kwargs: Any,
     ) -> AsyncOpenAI:
-        return AsyncOpenAI(
+        return self._clients.get(
             api_key=api_key,
             base_url=base_url,
             organization=organization,
             project=project,
             default_headers=default_headers,
-            http_client=self._shared_http_client,
-            max_retries=0,
         )
 
 
-def create_llm(
-    endpoint: LLMEndpoint, system_prompt: str, http_client: DefaultAsyncHttpxClient
-) -> FrameProcessor:
+def create_llm(endpoint: LLMEndpoint, system_prompt: str, clients: OpenAIClients) -> FrameProcessor:
     settings = OpenAILLMService.Settings(model=endpoint.model, system_instruction=system_prompt)
     if endpoint.temperature is not None:
         settings.temperature = endpoint.temperature
     if endpoint.max_tokens is not None:
         settings.max_tokens = endpoint.max_tokens
     return SharedClientOpenAILLMService(
-        http_client=http_client, api_key=endpoint.api_key, base_url=endpoint.base_url, settings=settings
+        clients=clients, api_key=endpoint.api_key, base_url=endpoint.base_url, settings=settings
     )
 
 

@@ -53,7 +53,7 @@ from pipecat.workers.runner import WorkerRunner
 
 from gateway import closecodes
 from gateway import greeting as greetings
-from gateway.llm import LLMNotConfigured, TextOnlyOutput, create_llm, resolve_endpoint
+from gateway.llm import LLMNotConfigured, OpenAIClients, TextOnlyOutput, create_llm, resolve_endpoint
 from gateway.logging import get_logger
 from gateway.metrics import GatewayMetrics
 from gateway.observers import SessionMetricsObserver, TurnEnd
@@ -82,6 +82,7 @@ class SessionDeps:
     settings: Settings
     metrics: GatewayMetrics
     http_client: DefaultAsyncHttpxClient
+    openai_clients: OpenAIClients
     # Voice's ONNX sessions, opened on the first voice session and shared by all (gateway.voice).
     voice_models: VoiceModels = field(default_factory=VoiceModels)
 
@@ -223,6 +224,16 @@ def _text_output() -> list[FrameProcessor]:
     return [TextOnlyOutput(enable_direct_mode=True), LLMTextProcessor(enable_direct_mode=True)]
 
 
+def _run_inline(*processors: FrameProcessor) -> None:
+    """Pipecat's direct mode for processors built by ``LLMContextAggregatorPair`` (which takes no
+    processor arguments): a frame is handled on the pushing task instead of through two queues and
+    two tasks of the processor's own. For processors that only update the context and pass frames on:
+    the assistant aggregator, and the user aggregator in text mode (with voice it runs turn-taking
+    timers around the VAD and keeps its queues). Must run before the pipeline is set up."""
+    for processor in processors:
+        processor._enable_direct_mode = True
+
+
 def _outcome(close_code: int | None, failed: bool) -> str:
     if failed or close_code == closecodes.INTERNAL_ERROR:
         return "error"
@@ -310,6 +321,7 @@ class Session:
                 user_turn_strategies=voice.turn_strategies or turn_strategies, vad_analyzer=voice.vad_analyzer
             ),
         )
+        _run_inline(aggregators.assistant(), *([] if voice.audio_in else [aggregators.user()]))
         mem = tenant.memory
         self.memory = GatewayMemoryService(
             backend=backend,
@@ -319,7 +331,7 @@ class Session:
         )
         endpoint = resolve_endpoint(tenant, settings)
         self._llm = llm = (
-            create_llm(endpoint, tenant.system_prompt, deps.http_client)
+            create_llm(endpoint, tenant.system_prompt, deps.openai_clients)
             if endpoint is not None
             else LLMNotConfigured()
         )
@@ -355,7 +367,9 @@ class Session:
                 audio_out_sample_rate=voice.audio_out_sample_rate,
             ),
             idle_timeout_secs=None,
-            rtvi_processor=DirectRTVIProcessor(output=self.transport.output()),
+            # Direct mode too: it answers client messages from a task of its own and only passes
+            # pipeline frames on.
+            rtvi_processor=DirectRTVIProcessor(output=self.transport.output(), enable_direct_mode=True),
             # Pipecat's turn tracking feeds its tracing and audio recording, neither used here; it
             # would be one more observer on every frame.
             enable_turn_tracking=False,

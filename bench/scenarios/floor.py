@@ -9,31 +9,30 @@ aiohttp ``POST`` followed by the echo (the same two round trips with no work beh
 The gateway starts a session's pipeline at ``/start`` (``GATEWAY_PRESTART_SECS``), so its connect span
 no longer contains the pipeline's start-up; a second gateway with ``prestart_secs=0`` (pipeline started
 at connect, as before) runs in the same rounds, so both spans of both modes are side by side.
+
+Every sample is timed by a client in a process of its own (``bench.loadrun.TimingClient``), as a real
+caller is: on the gateway's own event loop it would wait behind the pipeline ``/start`` just started.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from bench import plots
 from bench.harness import (
     BenchContext,
     ScenarioResult,
-    echo_once,
-    greet_timed,
     ratio,
     start_echo_server,
     start_gateway,
     summarize_ms,
     target_at_most,
 )
+from bench.loadrun import timing_client
 
 NAME = "floor"
 TITLE = "2. Gateway floor: empty-memory greeting vs a bare aiohttp WebSocket echo"
@@ -68,17 +67,6 @@ async def _bare_start_server() -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-async def _post_then_echo(http: aiohttp.ClientSession, base: str, ws_url: str) -> float:
-    started = time.perf_counter()
-    async with http.post(
-        f"{base}/start",
-        data=json.dumps({"transport": "websocket", "body": {"user_id": "x"}}),
-        headers={"Authorization": "Bearer k", "Content-Type": "application/json"},
-    ) as resp:
-        await resp.json()
-    return (time.perf_counter() - started) + await echo_once(http, ws_url)
-
-
 async def run(ctx: BenchContext) -> ScenarioResult:
     rounds = 5 if ctx.smoke else 300
     warmup = 2 if ctx.smoke else 20
@@ -96,19 +84,19 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         start_gateway(tenants=("lazy",), database_url=gw.database_url, prestart_secs=0) as lazy,
         start_echo_server() as echo_url,
         _bare_start_server() as bare,
-        aiohttp.ClientSession() as http,
+        timing_client() as client,
     ):
         for i in range(warmup + rounds):
             # A user nobody has met: empty memory, the greeting's "new" branch.
             # Each sample starts once the gateway has no session left: a session's teardown runs after
             # its client closed and would otherwise land in the next sample, gateway or echo alike.
             await gw.settle()
-            timing = await greet_timed(http, gw.url, gw.key, f"empty-{i}")
+            timing = await client.greet(gw.url, gw.key, f"empty-{i}")
             await gw.settle()
-            at_connect = await greet_timed(http, lazy.url, lazy.key, f"empty-{i}")
+            at_connect = await client.greet(lazy.url, lazy.key, f"empty-{i}")
             await lazy.settle()
-            echo = await echo_once(http, echo_url)
-            post_echo = await _post_then_echo(http, bare, echo_url)
+            echo = await client.echo(echo_url)
+            post_echo = await client.post_echo(bare, echo_url)
             if i >= warmup:
                 samples[GATEWAY_WS].append(timing.connect)
                 samples[GATEWAY_TOTAL].append(timing.total)
@@ -120,7 +108,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         server = _server_mean(gw.metrics.registry, gw.tenant)
         # The same echo back to back, on a loop doing nothing else: warm caches, the lowest floor there is.
         ctx.progress("echo back to back", 0, 1)
-        samples[ECHO_WARM] = [await echo_once(http, echo_url) for _ in range(warmup + rounds)][warmup:]
+        samples[ECHO_WARM] = [await client.echo(echo_url) for _ in range(warmup + rounds)][warmup:]
         ctx.progress("echo back to back", 1, 1)
 
     stats = {name: summarize_ms(values) for name, values in samples.items()}
@@ -149,7 +137,8 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         f"'{GATEWAY_TOTAL}'. '{LAZY_WS}' is a second gateway in the same rounds with "
         "GATEWAY_PRESTART_SECS=0.",
         f"Floor pairs: '{GATEWAY_WS}' vs '{ECHO}' (the target), '{GATEWAY_TOTAL}' vs '{POST_ECHO}'. "
-        "Sequential, one session at a time, rounds interleaved, each sample started only once the gateway "
+        "Sequential, one session at a time, timed by a client in its own process, rounds interleaved, "
+        "each sample started only once the gateway "
         "had no session left (teardown outside every span); the echo is measured to its reply, the "
         "gateway to the greeting's bot-llm-stopped; closes are outside both spans.",
     ]

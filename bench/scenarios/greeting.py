@@ -23,7 +23,6 @@ import gc
 import math
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,6 @@ from bench.harness import (
     BenchContext,
     ScenarioResult,
     Target,
-    greet_timed,
     memory_texts,
     ratio,
     read_bot_turn,
@@ -45,7 +43,9 @@ from bench.harness import (
     summarize_ms,
     target_at_most,
     verify_seeded,
+    ws_greeting_timed,
 )
+from bench.loadrun import timing_client
 from bench.naive import DOCS_KNOWN, close_memory, pgvector_config, qdrant_config, start_naive_server
 
 NAME = "greeting"
@@ -76,18 +76,6 @@ def _user(level: int) -> str:
     return f"user{level}"
 
 
-async def _naive_sample(http: aiohttp.ClientSession, ws_url: str) -> tuple[float | None, str]:
-    """One naive connection: (seconds from connect to ``bot-llm-stopped`` or None if it failed, text)."""
-    started = time.perf_counter()
-    try:
-        async with http.ws_connect(ws_url) as ws:
-            text = await read_bot_turn(ws)
-            elapsed = time.perf_counter() - started
-        return elapsed, text
-    except (RuntimeError, aiohttp.ClientError, TimeoutError) as e:
-        return None, str(e)
-
-
 async def _naive_run(
     ctx: BenchContext,
     label: str,
@@ -100,10 +88,10 @@ async def _naive_run(
     """``n`` sequential naive connections (after ``warmup``); (samples, failures, failure reasons)."""
     samples: list[float] = []
     failures = 0
-    async with start_naive_server(config, close=True) as server, aiohttp.ClientSession() as http:
+    async with start_naive_server(config, close=True) as server, timing_client() as client:
         for i in range(warmup + n):
             await server.settle()  # the previous connection's teardown is not this one's cost
-            elapsed, text = await _naive_sample(http, server.ws_url(user))
+            elapsed, text = await client.ws_greeting(server.ws_url(user))
             if i >= warmup:
                 if elapsed is None:
                     failures += 1
@@ -126,7 +114,7 @@ async def _lock_probe(
         samples = []
         failed = 0
         for _ in range(n):
-            elapsed, _text = await _naive_sample(http, server.ws_url(user))
+            elapsed, _text = await ws_greeting_timed(http, server.ws_url(user))
             if elapsed is None:
                 failed += 1
             else:
@@ -138,7 +126,7 @@ async def _lock_probe(
         # The first caller is still talking when the second arrives: both services exist at once.
         async with http.ws_connect(server.ws_url(user)) as first:
             await read_bot_turn(first)
-            elapsed, _text = await _naive_sample(http, server.ws_url(user))
+            elapsed, _text = await ws_greeting_timed(http, server.ws_url(user))
         overlap = {
             "connections": 2,
             "failed": 1 if elapsed is None else 0,
@@ -205,16 +193,16 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             await asyncio.to_thread(pg_pool.close)
 
             # ---- measure, level by level
-            async with aiohttp.ClientSession() as http:
+            async with timing_client() as client:
                 for _ in range(sizes["warmup"] * 3):
-                    await greet_timed(http, gw.url, gw.key, "warmup")
+                    await client.greet(gw.url, gw.key, "warmup")
                 for level in levels:
                     label = f"{level} memories"
                     n = sizes["gateway"]
                     timings = []
                     for i in range(n):
                         await gw.settle()  # the previous session's teardown is not this one's cost
-                        timing = await greet_timed(http, gw.url, gw.key, _user(level))
+                        timing = await client.greet(gw.url, gw.key, _user(level))
                         timings.append(timing)
                         ctx.progress(f"{label}: gateway", i + 1, n)
                     newest = texts[level][-1] if level else None
@@ -293,10 +281,12 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             )
         )
     notes += [
-        "Spans: gateway = POST /start → bot-llm-stopped (memories are fetched from /start on, so that "
+        "Spans: gateway = POST /start → bot-llm-stopped (memories are fetched and the pipeline "
+        "started from /start on, so that "
         "request is inside the span); naive = WebSocket connect → bot-llm-stopped, and the naive "
         "endpoint builds only the memory service (no pipeline, LLM or transport): a lower bound for a "
-        "naive bot. Sequential sessions, each after the previous one fully ended (teardown outside every "
+        "naive bot. Sequential sessions timed by a client in a process of its own, each after the "
+        "previous one fully ended (teardown outside every "
         "span), after warm-up; loopback.",
         "Naive Qdrant: one on-disk local store per memory level holding only that user's memories "
         "(the smallest store the user can be in; local Qdrant loads and scans every point). "

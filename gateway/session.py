@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any, Literal
@@ -43,7 +43,7 @@ from pipecat.processors.aggregators.llm_response_universal import (
     LLMUserAggregatorParams,
 )
 from pipecat.processors.aggregators.llm_text_processor import LLMTextProcessor
-from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.processors.frame_processor import FrameProcessor, FrameProcessorSetup
 from pipecat.services.mem0.memory import Mem0MemoryService
 from pipecat.turns.user_start.transcription_user_turn_start_strategy import TranscriptionUserTurnStartStrategy
 from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import SpeechTimeoutUserTurnStopStrategy
@@ -207,6 +207,33 @@ class ObserverHub(WorkerObserver):
                     log.exception("observer.failed", observer=type(observer).__name__)
 
 
+class SessionPipeline(Pipeline):
+    """A ``Pipeline`` that sets its processors up, and cleans them up, one after another.
+
+    Pipecat gives each processor's ``setup()`` and ``cleanup()`` a task of its own and gathers them,
+    so that one slow processor does not hold back the StartFrame at the others. A session's
+    processors do no I/O there (shared clients and models are built once per process), so the
+    ~twenty tasks per session buy nothing; the StartFrame is still held at each processor until
+    its own setup has returned, exactly as Pipecat does it.
+    """
+
+    async def _setup_processors(
+        self, processors: Sequence[FrameProcessor], setup: FrameProcessorSetup
+    ) -> None:
+        for processor in processors:
+            processor._setup_started()
+        for processor in processors:
+            await self._setup_processor(processor, setup)
+            processor._setup_finished()
+
+    async def _cleanup_processors(self, processors: Sequence[FrameProcessor]) -> None:
+        for processor in processors:
+            try:
+                await processor.cleanup()
+            except Exception:
+                log.exception("processor.cleanup_failed", processor=type(processor).__name__)
+
+
 class SessionWorker(PipelineWorker):
     """``PipelineWorker`` with the session's observers behind one ``ObserverHub``."""
 
@@ -335,7 +362,7 @@ class Session:
             if endpoint is not None
             else LLMNotConfigured()
         )
-        pipeline = Pipeline(
+        pipeline = SessionPipeline(
             [
                 self.transport.input(),
                 *voice.input_processors(),

@@ -53,6 +53,8 @@ class GatewayState:
     # Sessions started at /start run in tasks of their own (not their WebSocket handler's): draining
     # waits for these to store their last words before the memory backends close.
     session_tasks: set[asyncio.Task[str]] = field(default_factory=set)
+    # Sessions whose pipelines are starting right now (GATEWAY_START_CONCURRENCY).
+    starting: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
 
     def prune_prefetches(self, now: float) -> None:
         """Drop prefetches whose token expired unused.
@@ -108,7 +110,7 @@ def create_app(
         else load_or_create_secret(settings.data_dir)
     )
     app[tokens_key] = SessionTokens(secret, settings.token_ttl_secs)
-    app[state_key] = GatewayState()
+    app[state_key] = GatewayState(starting=asyncio.Semaphore(settings.start_concurrency))
     app[limiter_key] = RateLimiter(clock=_monotonic)
     app[backends_key] = backends or MemoryBackends(
         data_dir=settings.data_dir,

@@ -243,7 +243,10 @@ def _prestart(
         log.exception("start.prestart_failed")
         return False
     state.sessions.add(session)  # from now on, draining closes it too
-    task = asyncio.create_task(_run_session(state, tenant.name, session), name="session")
+    wait = tenant.greeting.deadline_secs or app[settings_key].greeting_deadline_secs
+    task = asyncio.create_task(
+        _run_session(state, tenant.name, session, after=prefetch, wait=wait), name="session"
+    )
     entry = PendingSession(session=session, task=task, serializer=serializer)
     state.pending[claims.session_id] = entry
     state.session_tasks.add(task)
@@ -257,11 +260,43 @@ def _drop_pending(state: GatewayState, session_id: str, entry: PendingSession) -
         del state.pending[session_id]
 
 
-async def _run_session(state: GatewayState, tenant: str, session: Session) -> str:
-    """Run one session to its end; the caller has already taken the tenant slot this releases."""
+async def _run_session(
+    state: GatewayState,
+    tenant: str,
+    session: Session,
+    after: asyncio.Task[Any] | None = None,
+    wait: float = 0.0,
+) -> str:
+    """Run one session to its end; the caller has already taken the tenant slot this releases.
+
+    ``after``: let this task (the greeting's memory listing, one indexed query on this loop) finish
+    first, for at most ``wait`` seconds. Idle, that costs nothing visible (the client is still
+    connecting); in a reconnect storm it keeps hundreds of pipelines starting at once from starving
+    the listings, which would otherwise miss the greeting deadline and greet everyone generically.
+    """
     state.sessions.add(session)
     try:
-        return await session.run()
+        if after is not None:
+            await asyncio.wait({after}, timeout=wait)
+        run: asyncio.Future[str] | None = None
+        try:
+            async with state.starting:
+                # A start slot is held only until the pipeline is up: a burst of connects starts a
+                # few pipelines at a time, in arrival order, instead of all of them at once, each
+                # slowed by all the others (and the loop stays responsive to live sessions).
+                if session.closed:
+                    return "shutdown"
+                run = asyncio.ensure_future(session.run())
+                started = asyncio.ensure_future(session.started())
+                try:
+                    await asyncio.wait({run, started}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    started.cancel()
+            return await run
+        except asyncio.CancelledError:
+            if run is not None:
+                run.cancel()
+            raise
     finally:
         state.sessions.discard(session)
         state.active_by_tenant[tenant] -= 1

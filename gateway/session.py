@@ -417,6 +417,14 @@ class Session:
     def connected(self) -> bool:
         return self._connected
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def started(self) -> None:
+        """Return once the pipeline is up (its StartFrame reached the transport output)."""
+        await self.transport.output().started.wait()
+
     async def _on_client_connected(self, _transport: Any, _ws: Any) -> None:
         self._connected = True
         self._started_at = perf_counter()

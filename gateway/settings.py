@@ -53,6 +53,11 @@ class Settings(BaseSettings):
         description="/start assembles and starts the session's pipeline, which waits this long for its "
         "socket (holding one of the tenant's sessions); 0 starts it at connect instead",
     )
+    start_concurrency: int = Field(
+        default=8,
+        ge=1,
+        description="sessions whose pipelines may be starting at once; more wait their turn in order",
+    )
     memory_workers: int = Field(default=8, ge=1, le=256)
     memory_call_timeout_secs: float = Field(default=10.0, gt=0)
     memory_pool_size: int = Field(default=4, ge=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.conftest import RunningGateway
+from tests.conftest import GatewayFactory, RunningGateway
 
 FAVOURITES = [
     "apricots",
@@ -53,3 +53,15 @@ async def test_twenty_concurrent_sessions_each_get_their_own_greeting(gateway: R
         assert FAVOURITES[i] in text, (i, text)
         others = [f for j, f in enumerate(FAVOURITES) if j != i and f in text]
         assert others == [], (i, text)
+
+
+async def test_connects_beyond_the_start_concurrency_wait_their_turn_and_keep_their_memories(
+    make_gateway: GatewayFactory,
+) -> None:
+    gateway = await make_gateway(start_concurrency=1)
+    await asyncio.gather(*(_teach(gateway, i) for i in range(8)))
+    await gateway.settle(timeout=60)
+
+    greetings = await asyncio.gather(*(_greeting(gateway, i) for i in range(8)))
+    assert all(FAVOURITES[i] in text for i, text in enumerate(greetings)), greetings
+    assert gateway.sample("gateway_greeting_seconds_count", tenant=gateway.tenant, memories="fallback") == 0

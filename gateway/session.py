@@ -10,7 +10,12 @@ Pipeline (text mode)::
         ─▶ LLM ─▶ TextOnlyOutput ─▶ LLMTextProcessor ─▶ transport.output ─▶ assistant aggregator
 
 ``LLMTextProcessor`` turns LLM tokens into sentence-sized ``AggregatedTextFrame``s; with ``skip_tts``
-set (text mode) RTVI then emits ``bot-output`` for them, which is what web clients display.
+set (text mode) RTVI then emits ``bot-output`` for them, which is what web clients display. RTVI's own
+messages are queued straight into the transport output (``gateway.rtvi``), and the greeting is pushed
+from the LLM service, like a reply.
+
+A session is usually assembled and started at ``/start``, before its client connects (``ws=None``):
+``attach()`` hands it the socket on connect, and ``on_client_connected`` (greeting, metrics) fires then.
 
 Voice mode (the tenant's optional ``stt`` / ``tts``, built by ``gateway.voice``) adds the STT after the
 transport input (with a VAD on the user aggregator) and puts the TTS where ``TextOnlyOutput`` and

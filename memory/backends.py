@@ -345,6 +345,7 @@ class MemoryBackends:
         self._embedded: EmbeddedPostgres | None = None
         self._shared: _Shared | None = None
         self._async_pool: AsyncConnectionPool | None = None
+        self._async_pool_lock = asyncio.Lock()
         self._tenants: dict[str, TenantMemory] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._embed_model = embed_model
@@ -438,11 +439,12 @@ class MemoryBackends:
 
     async def _loop_pool(self, database_url: str) -> AsyncConnectionPool:
         """One async pool per process, shared by every tenant's listing (tables differ, not databases)."""
-        if self._async_pool is None:
-            self._async_pool = await pgvector.create_async_pool(
-                database_url, max_size=self._pool_size, name="mem0-loop"
-            )
-        return self._async_pool
+        async with self._async_pool_lock:  # two tenants built at once must not open two pools
+            if self._async_pool is None:
+                self._async_pool = await pgvector.create_async_pool(
+                    database_url, max_size=self._pool_size, name="mem0-loop"
+                )
+            return self._async_pool
 
     def _local_config(
         self, tenant: str, settings: MemorySettings, pool: ConnectionPool, model: Any

@@ -650,12 +650,19 @@ async def start_echo_server() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/ws", echo)
+    async with serve_on_loopback(app) as base:
+        yield base.replace("http://", "ws://") + "/ws"
+
+
+@asynccontextmanager
+async def serve_on_loopback(app: web.Application) -> AsyncIterator[str]:
+    """Serve ``app`` on ``127.0.0.1:<free port>`` (no access log); yield its ``http://`` base URL."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     try:
-        yield f"ws://127.0.0.1:{runner.addresses[0][1]}/ws"
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
 

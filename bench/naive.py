@@ -29,6 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bench.harness import serve_on_loopback
 from memory import embedder, extraction
 from memory.embedder import DIMENSIONS
 
@@ -175,15 +176,10 @@ async def start_naive_server(
 
     app = web.Application()
     app.router.add_get("/ws", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server = NaiveServer(base=f"ws://127.0.0.1:{runner.addresses[0][1]}/ws")
     try:
-        yield server
+        async with serve_on_loopback(app) as base:
+            server = NaiveServer(base=base.replace("http://", "ws://") + "/ws")
+            yield server
     finally:
-        await runner.cleanup()
-        for service in server.kept:
+        for service in server.kept if server is not None else []:
             close_memory(service.memory_client)
-        server.kept.clear()

@@ -37,7 +37,6 @@ class PendingSession:
 
     session: Session
     task: asyncio.Task[str]
-    serializer: str
 
 
 @dataclass

@@ -247,7 +247,7 @@ def _prestart(
     task = asyncio.create_task(
         _run_session(state, tenant.name, session, after=prefetch, wait=wait), name="session"
     )
-    entry = PendingSession(session=session, task=task, serializer=serializer)
+    entry = PendingSession(session=session, task=task)
     state.pending[claims.session_id] = entry
     state.session_tasks.add(task)
     task.add_done_callback(state.session_tasks.discard)
@@ -365,7 +365,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     serializer = requested or claims.serializer or "protobuf"
     pending = state.pending.pop(claims.session_id, None)
     active = state.active_by_tenant.get(tenant.name, 0)
-    if pending is not None and (pending.task.done() or pending.serializer != serializer):
+    if pending is not None and (pending.task.done() or pending.session.serializer != serializer):
         # Ended meanwhile, or the client asked for another wire format than /start: start afresh,
         # in the slot the started session is about to give back.
         if not pending.task.done():

@@ -423,6 +423,11 @@ class Session:
         return self._connected
 
     @property
+    def serializer(self) -> str:
+        """The wire format this session speaks (``rtvi`` or ``protobuf``)."""
+        return self._serializer
+
+    @property
     def closed(self) -> bool:
         return self._closed
 

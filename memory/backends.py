@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,24 +137,17 @@ class TenantMemory:
         )
 
     async def _call(self, operation: str, fn: Callable[[], T], timeout: float | None = None) -> T:
+        """Run a blocking mem0 call on the bounded pool, timed, counted and bounded like ``_acall``."""
         loop = asyncio.get_running_loop()
-        start = perf_counter()
-        ok = False
-        try:
-            result = await asyncio.wait_for(
-                loop.run_in_executor(self._executor, fn), timeout or self._call_timeout
-            )
-            ok = True
-            return result
-        finally:
-            self._observer.memory_call(self.tenant, operation, self.kind, perf_counter() - start, ok)
+        return await self._acall(operation, loop.run_in_executor(self._executor, fn), timeout)
 
-    async def _acall(self, operation: str, call: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """``_call`` for a coroutine that runs on the loop itself (no thread, same timeout and metrics).
+    async def _acall(self, operation: str, call: Awaitable[T], timeout: float | None = None) -> T:
+        """Await one memory call (a coroutine on the loop, or a worker thread's future) with the
+        call timeout, timing it and counting failures in the backend's metrics.
 
         A timed-out or abandoned call is counted and given up at once; its cancellation (psycopg
         cancels the query on the server, which takes a round trip to a backend that may be the slow
-        part) finishes in the background instead of holding up the caller.
+        part; a thread just finishes) happens in the background instead of holding up the caller.
         """
         start = perf_counter()
         ok = False

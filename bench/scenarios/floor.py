@@ -27,6 +27,7 @@ from bench.harness import (
     BenchContext,
     ScenarioResult,
     ratio,
+    serve_on_loopback,
     start_echo_server,
     start_gateway,
     summarize_ms,
@@ -57,14 +58,8 @@ async def _bare_start_server() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_post("/start", start)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serve_on_loopback(app) as base:
+        yield base
 
 
 async def run(ctx: BenchContext) -> ScenarioResult:

@@ -5,8 +5,12 @@ against an HNSW index: PostgreSQL walks the index, takes ≈40 candidates (``hns
 filters *afterwards*, so once other users' rows dominate the table a user's own memories go missing
 (recall@10 0.74 at 10k rows, 0.28 at 100k). Here:
 
-* the payload's ``user_id`` / ``agent_id`` / ``run_id`` get expression indexes (plus one on
-  ``(user_id, created_at)`` for the greeting's newest-first listing);
+* the payload's ``user_id`` / ``agent_id`` / ``run_id`` get expression indexes, plus two for the
+  newest-first listings: ``(user_id, created_at)``, and ``(user_id, role, created_at)`` for the
+  greeting's "what did the *user* say" listing. Without the latter PostgreSQL has no statistics on
+  ``role``, guesses the filter keeps almost nothing, and reads and sorts all of a user's rows instead
+  of walking the recency index: 1.2 ms at 1,000 memories (0.04 ms with it), a plan that flips back
+  somewhere below 10,000;
 * a scoped search first materialises the scope's rows through those indexes, then ranks them exactly —
   the result equals brute force by construction, at ≈1 ms per 1,000 rows in scope;
 * connections come from a pool configured with ``prepare_threshold=None`` so psycopg never switches
@@ -91,6 +95,20 @@ class IndexedPGVector(PGVector):
 
     def create_col(self) -> None:
         super().create_col()
+        self._create_indexes()
+
+    def _ensure_collection(self) -> None:
+        """Also give a table made by an earlier version the indexes it lacks (once per instance)."""
+        if self._collection_ensured:
+            return
+        super()._ensure_collection()
+        self._create_indexes()
+
+    def _create_indexes(self) -> None:
+        recency = {
+            "user_recent": "(payload->>'user_id'), (payload->>'created_at') DESC",
+            "user_role_recent": "(payload->>'user_id'), (payload->>'role'), (payload->>'created_at') DESC",
+        }
         with self._get_cursor(commit=True) as cur:
             for key in SCOPE_KEYS:
                 cur.execute(
@@ -100,12 +118,12 @@ class IndexedPGVector(PGVector):
                         sql.Literal(key),
                     )
                 )
-            cur.execute(
-                sql.SQL(
-                    "CREATE INDEX IF NOT EXISTS {} ON {} "
-                    "((payload->>'user_id'), (payload->>'created_at') DESC)"
-                ).format(sql.Identifier(f"{self.collection_name}_user_recent_idx"), self._col())
-            )
+            for name, columns in recency.items():
+                cur.execute(
+                    sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (" + columns + ")").format(
+                        sql.Identifier(f"{self.collection_name}_{name}_idx"), self._col()
+                    )
+                )
 
     def insert(self, vectors: list[list[float]], payloads: Any = None, ids: Any = None) -> None:
         self._ensure_collection()

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from psycopg import sql
 
 from memory import pgvector
 from memory.pgvector import IndexedPGVector
@@ -137,3 +138,84 @@ async def test_loop_listing_leaves_out_expired_rows_before_its_limit(seeded: Any
         await pool.close()
     # The newest row has expired: the two rows returned are the two that have not, not one of them.
     assert [r.payload["data"] for r in listed] == ["kept-future", "kept-old"]
+
+
+def _plan_leaf(plan: dict[str, Any]) -> dict[str, Any]:
+    while plan.get("Plans"):
+        plan = plan["Plans"][0]
+    return plan
+
+
+@pytest.fixture
+def chatty_user(database_url: str) -> Iterator[tuple[IndexedPGVector, str]]:
+    """A table where one user has 1,000 raw memories, half said by the user, among 2,000 of others."""
+    pool = pgvector.create_pool(database_url, max_size=1, name="role-index-test")
+    store = IndexedPGVector(
+        dbname="postgres",
+        collection_name=f"roles_{uuid.uuid4().hex[:8]}",
+        embedding_model_dims=8,
+        user=None,
+        password=None,
+        host=None,
+        port=None,
+        diskann=False,
+        hnsw=False,
+        connection_pool=pool,
+    )
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    vector = [1.0] + [0.0] * 7
+    payloads = [
+        {
+            "user_id": user,
+            "role": "user" if k % 2 else "assistant",
+            "data": f"{user}-{k}",
+            "created_at": (base + timedelta(minutes=k)).isoformat(),
+        }
+        for user, n in (("t/chatty", 1000), ("t/other-1", 1000), ("t/other-2", 1000))
+        for k in range(n)
+    ]
+    store.insert([vector] * len(payloads), payloads, [str(uuid.uuid4()) for _ in payloads])
+    with store._get_cursor(commit=True) as cur:
+        cur.execute(f'ANALYZE "{store.collection_name}"')
+    yield store, "t/chatty"
+    store.delete_col()
+    pool.close()
+
+
+def test_greeting_listing_walks_the_role_recency_index(chatty_user: Any) -> None:
+    """'What did the user say last' reads a handful of index entries, not all of the user's rows and a
+    sort (the plan PostgreSQL picks without an index covering ``role``)."""
+    store, user = chatty_user
+    filters = {"user_id": user, "role": "user"}
+    statement, params = pgvector._newest_first(store._col(), filters, 3, unexpired=True)
+    with store._get_cursor() as cur:
+        cur.execute(sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + statement, params)
+        ((plan,),) = cur.fetchall()
+    leaf = _plan_leaf(plan[0]["Plan"])
+    assert leaf["Index Name"] == f"{store.collection_name}_user_role_recent_idx"
+    assert leaf["Actual Rows"] <= 10
+    (listed,) = store.list(filters=filters, top_k=3)
+    assert [r.payload["data"] for r in listed] == ["t/chatty-999", "t/chatty-997", "t/chatty-995"]
+
+
+def test_a_table_from_an_earlier_version_gets_the_missing_indexes(chatty_user: Any) -> None:
+    store, _ = chatty_user
+    index = f"{store.collection_name}_user_role_recent_idx"
+    with store._get_cursor(commit=True) as cur:
+        cur.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(index)))
+    reopened = IndexedPGVector(
+        dbname="postgres",
+        collection_name=store.collection_name,
+        embedding_model_dims=8,
+        user=None,
+        password=None,
+        host=None,
+        port=None,
+        diskann=False,
+        hnsw=False,
+        connection_pool=store.connection_pool,
+    )
+    reopened._ensure_collection()
+    with store._get_cursor() as cur:
+        cur.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s", (store.collection_name,))
+        assert index in {name for (name,) in cur.fetchall()}

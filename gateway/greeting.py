@@ -55,7 +55,13 @@ async def collect(task: asyncio.Task[Any], settings: GreetingSettings, deadline:
     """The greeting, from the prefetch if it finishes by ``deadline`` (loop time), else the fallback."""
     remaining = deadline - asyncio.get_running_loop().time()
     try:
-        memories = await asyncio.wait_for(asyncio.shield(task), max(0.0, remaining))
+        # Usually done by now (fetched from /start on): no timer, shield or (on Python 3.11, where
+        # Pipecat swaps in ``wait_for2``) extra task on the way to the greeting.
+        memories = (
+            task.result()
+            if task.done()
+            else await asyncio.wait_for(asyncio.shield(task), max(0.0, remaining))
+        )
     except TimeoutError:
         task.cancel()
         log.warning("greeting.deadline_missed")

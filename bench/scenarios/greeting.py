@@ -12,7 +12,8 @@ the recipe in Pipecat's docs.
   gateway's pgvector store type in the same PostgreSQL. Same WordLlama embedder, extraction LLM off.
   Each connection closes its mem0 client afterwards (the docs don't; see the lock probe rows).
 
-Every seeded store is read back through mem0 (``get_all`` count + ``search``) before timing, and the
+At each level the three run in interleaved rounds (one gateway session, one connection to each naive
+endpoint), so drift and cache warmth hit them alike. Every seeded store is read back through mem0 (``get_all`` count + ``search``) before timing, and the
 gateway's greeting is checked to name the user's newest memory.
 """
 
@@ -45,8 +46,15 @@ from bench.harness import (
     verify_seeded,
     ws_greeting_timed,
 )
-from bench.loadrun import timing_client
-from bench.naive import DOCS_KNOWN, close_memory, pgvector_config, qdrant_config, start_naive_server
+from bench.loadrun import TimingClient, timing_client
+from bench.naive import (
+    DOCS_KNOWN,
+    NaiveServer,
+    close_memory,
+    pgvector_config,
+    qdrant_config,
+    start_naive_server,
+)
 
 NAME = "greeting"
 TITLE = "1. Greeting latency vs the naive recipe"
@@ -60,48 +68,25 @@ TARGET_RATIO = 0.1
 
 
 def _sizes(smoke: bool) -> dict[str, Any]:
+    """``rounds`` per memory level (``big`` at 10,000, where one naive Qdrant connection takes ~1 s)."""
     if smoke:
-        return {"levels": [0, 30], "gateway": 4, "naive": 2, "naive_big": 2, "warmup": 1, "probe": 2}
-    return {
-        "levels": [0, 100, 1000, 10_000],
-        "gateway": 100,
-        "naive": 40,
-        "naive_big": 12,
-        "warmup": 3,
-        "probe": 6,
-    }
+        return {"levels": [0, 30], "rounds": 3, "big": 2, "warmup": 1, "probe": 2}
+    return {"levels": [0, 100, 1000, 10_000], "rounds": 80, "big": 16, "warmup": 5, "probe": 6}
 
 
 def _user(level: int) -> str:
     return f"user{level}"
 
 
-async def _naive_run(
-    ctx: BenchContext,
-    label: str,
-    config: Callable[[], dict[str, Any]],
-    user: str,
-    n: int,
-    warmup: int,
-    expect_memories: bool,
-) -> tuple[list[float], int, list[str]]:
-    """``n`` sequential naive connections (after ``warmup``); (samples, failures, failure reasons)."""
-    samples: list[float] = []
-    failures = 0
-    async with start_naive_server(config, close=True) as server, timing_client() as client:
-        for i in range(warmup + n):
-            await server.settle()  # the previous connection's teardown is not this one's cost
-            elapsed, text = await client.ws_greeting(server.ws_url(user))
-            if i >= warmup:
-                if elapsed is None:
-                    failures += 1
-                else:
-                    samples.append(elapsed)
-                    if expect_memories and not text.startswith(DOCS_KNOWN):
-                        raise AssertionError(f"naive greeting did not recall memories: {text[:80]!r}")
-            ctx.progress(label, i + 1, warmup + n)
-        reasons = [f"{count}x {reason}" for reason, count in server.failures.items()]
-    return samples, failures, reasons
+async def _naive_sample(
+    client: TimingClient, server: NaiveServer, user: str, expect_memories: bool
+) -> float | None:
+    """One naive connection, once the previous one's teardown is done; seconds, or None if it failed."""
+    await server.settle()  # the previous connection's teardown is not this one's cost
+    elapsed, text = await client.ws_greeting(server.ws_url(user))
+    if elapsed is not None and expect_memories and not text.startswith(DOCS_KNOWN):
+        raise AssertionError(f"naive greeting did not recall memories: {text[:80]!r}")
+    return elapsed
 
 
 async def _lock_probe(
@@ -198,13 +183,38 @@ async def run(ctx: BenchContext) -> ScenarioResult:
                     await client.greet(gw.url, gw.key, "warmup")
                 for level in levels:
                     label = f"{level} memories"
-                    n = sizes["gateway"]
+                    # Interleaved rounds, as in the floor scenario: one gateway session, then one
+                    # connection to each naive endpoint, so drift (CPU frequency, the heap, background
+                    # work) and cache warmth hit the gateway and its baselines alike.
+                    rounds = sizes["big"] if level >= 10_000 else sizes["rounds"]
                     timings = []
-                    for i in range(n):
-                        await gw.settle()  # the previous session's teardown is not this one's cost
-                        timing = await client.greet(gw.url, gw.key, _user(level))
-                        timings.append(timing)
-                        ctx.progress(f"{label}: gateway", i + 1, n)
+                    naive: dict[str, list[float]] = {NAIVE_PG: [], NAIVE_QDRANT: []}
+                    failed = {NAIVE_PG: 0, NAIVE_QDRANT: 0}
+                    async with (
+                        start_naive_server(naive_pg, close=True) as pg_server,
+                        start_naive_server(naive_qdrant(level), close=True) as qdrant_server,
+                    ):
+                        servers = {NAIVE_PG: pg_server, NAIVE_QDRANT: qdrant_server}
+                        warmup = sizes["warmup"]
+                        for i in range(warmup + rounds):
+                            await gw.settle()  # the previous session's teardown is not this one's cost
+                            timing = await client.greet(gw.url, gw.key, _user(level))
+                            if i >= warmup:
+                                timings.append(timing)
+                            for variant, server in servers.items():
+                                elapsed = await _naive_sample(client, server, _user(level), level > 0)
+                                if i < warmup:
+                                    continue
+                                if elapsed is None:
+                                    failed[variant] += 1
+                                else:
+                                    naive[variant].append(elapsed)
+                            ctx.progress(label, i + 1, warmup + rounds)
+                        for variant, server in servers.items():
+                            notes += [
+                                f"{variant} at {level} memories failed: {count}x {reason}"
+                                for reason, count in server.failures.items()
+                            ]
                     newest = texts[level][-1] if level else None
                     if newest is not None and newest.rstrip(" .") not in timings[-1].text:
                         raise AssertionError(
@@ -217,22 +227,12 @@ async def run(ctx: BenchContext) -> ScenarioResult:
                         stats = summarize_ms(values)
                         p50[variant][level] = stats["p50_ms"]
                         rows.append({"memories": level, "variant": variant, **stats, "failed": 0})
-
-                    naive_n = sizes["naive_big"] if level >= 10_000 else sizes["naive"]
-                    for variant, config in ((NAIVE_PG, naive_pg), (NAIVE_QDRANT, naive_qdrant(level))):
-                        samples, failed, reasons = await _naive_run(
-                            ctx,
-                            f"{label}: {variant}",
-                            config,
-                            _user(level),
-                            naive_n,
-                            sizes["warmup"],
-                            level > 0,
-                        )
+                    for variant, samples in naive.items():
                         stats = summarize_ms(samples)
                         p50[variant][level] = stats["p50_ms"]
-                        rows.append({"memories": level, "variant": variant, **stats, "failed": failed})
-                        notes += [f"{variant} at {level} memories failed: {r}" for r in reasons]
+                        rows.append(
+                            {"memories": level, "variant": variant, **stats, "failed": failed[variant]}
+                        )
                     gc.collect()
 
                 # ---- mem0's local Qdrant as the docs leave it: nothing closes the client
@@ -286,8 +286,8 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         "request is inside the span); naive = WebSocket connect → bot-llm-stopped, and the naive "
         "endpoint builds only the memory service (no pipeline, LLM or transport): a lower bound for a "
         "naive bot. Sequential sessions timed by a client in a process of its own, each after the "
-        "previous one fully ended (teardown outside every "
-        "span), after warm-up; loopback.",
+        "previous one fully ended (teardown outside every span), after warm-up; loopback. Rounds "
+        "interleave the three: one gateway session, then one connection to each naive endpoint.",
         "Naive Qdrant: one on-disk local store per memory level holding only that user's memories "
         "(the smallest store the user can be in; local Qdrant loads and scans every point). "
         "Naive pgvector: mem0's `pgvector` provider from a connection string (a pool per instance), "

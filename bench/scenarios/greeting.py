@@ -13,8 +13,9 @@ the recipe in Pipecat's docs.
   Each connection closes its mem0 client afterwards (the docs don't; see the lock probe rows).
 
 At each level the three run in interleaved rounds (one gateway session, one connection to each naive
-endpoint), so drift and cache warmth hit them alike. Every seeded store is read back through mem0 (``get_all`` count + ``search``) before timing, and the
-gateway's greeting is checked to name the user's newest memory.
+endpoint), so drift and cache warmth hit them alike. Every seeded store is read back through mem0
+(``get_all`` count + ``search``) before timing, and the gateway's greeting is checked to name the
+user's newest memory.
 """
 
 from __future__ import annotations

@@ -19,21 +19,25 @@ PER_USER = 100
 DIMS = 256
 
 
-@pytest.fixture(scope="module")
-def seeded(database_url: str) -> Iterator[tuple[IndexedPGVector, dict[str, list[tuple[str, np.ndarray]]]]]:
-    pool = pgvector.create_pool(database_url, max_size=2, name="recall-test")
-    store = IndexedPGVector(
+def _open_store(collection: str, pool: Any, dims: int, *, hnsw: bool = False) -> IndexedPGVector:
+    return IndexedPGVector(
         dbname="postgres",
-        collection_name=f"recall_{uuid.uuid4().hex[:8]}",
-        embedding_model_dims=DIMS,
+        collection_name=collection,
+        embedding_model_dims=dims,
         user=None,
         password=None,
         host=None,
         port=None,
         diskann=False,
-        hnsw=True,
+        hnsw=hnsw,
         connection_pool=pool,
     )
+
+
+@pytest.fixture(scope="module")
+def seeded(database_url: str) -> Iterator[tuple[IndexedPGVector, dict[str, list[tuple[str, np.ndarray]]]]]:
+    pool = pgvector.create_pool(database_url, max_size=2, name="recall-test")
+    store = _open_store(f"recall_{uuid.uuid4().hex[:8]}", pool, DIMS, hnsw=True)
     rng = np.random.default_rng(7)
     base = datetime(2026, 1, 1, tzinfo=UTC)
     rows: dict[str, list[tuple[str, np.ndarray]]] = {}
@@ -150,18 +154,7 @@ def _plan_leaf(plan: dict[str, Any]) -> dict[str, Any]:
 def chatty_user(database_url: str) -> Iterator[tuple[IndexedPGVector, str]]:
     """A table where one user has 1,000 raw memories, half said by the user, among 2,000 of others."""
     pool = pgvector.create_pool(database_url, max_size=1, name="role-index-test")
-    store = IndexedPGVector(
-        dbname="postgres",
-        collection_name=f"roles_{uuid.uuid4().hex[:8]}",
-        embedding_model_dims=8,
-        user=None,
-        password=None,
-        host=None,
-        port=None,
-        diskann=False,
-        hnsw=False,
-        connection_pool=pool,
-    )
+    store = _open_store(f"roles_{uuid.uuid4().hex[:8]}", pool, 8)
     base = datetime(2026, 1, 1, tzinfo=UTC)
     vector = [1.0] + [0.0] * 7
     payloads = [
@@ -203,18 +196,7 @@ def test_a_table_from_an_earlier_version_gets_the_missing_indexes(chatty_user: A
     index = f"{store.collection_name}_user_role_recent_idx"
     with store._get_cursor(commit=True) as cur:
         cur.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(index)))
-    reopened = IndexedPGVector(
-        dbname="postgres",
-        collection_name=store.collection_name,
-        embedding_model_dims=8,
-        user=None,
-        password=None,
-        host=None,
-        port=None,
-        diskann=False,
-        hnsw=False,
-        connection_pool=store.connection_pool,
-    )
+    reopened = _open_store(store.collection_name, store.connection_pool, 8)
     reopened._ensure_collection()
     with store._get_cursor() as cur:
         cur.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s", (store.collection_name,))

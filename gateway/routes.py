@@ -322,6 +322,17 @@ def _abort(request: web.Request) -> None:
         request.transport.abort()
 
 
+def _write_room(request: web.Request) -> int:
+    """Bytes the connection takes now without pausing its writer: 0 while its buffer is above the
+    low-water mark (the writer may still be paused), else what is left below the high-water mark."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return 0
+    low, high = transport.get_write_buffer_limits()
+    buffered = transport.get_write_buffer_size()
+    return high - buffered if buffered <= low else 0
+
+
 def _admission(
     request: web.Request, tenant: TenantConfig, claims: SessionClaims, active: int
 ) -> tuple[str, int, str] | None:
@@ -385,8 +396,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             prefetch.task.cancel()
         return await _refuse(request, ws, tenant.name, *refusal)
     abort = functools.partial(_abort, request)
+    write_room = functools.partial(_write_room, request)
     if pending is not None:
-        pending.session.attach(ws, accepted_at, abort)
+        pending.session.attach(ws, accepted_at, abort, write_room)
         # The session runs in its own task (started at /start); this handler keeps the socket open.
         await asyncio.shield(pending.task)
         return ws
@@ -405,6 +417,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             prefetch=prefetch.task if prefetch else None,
             accepted_at=accepted_at,
             abort=abort,
+            write_room=write_room,
         )
     except Exception:
         state.active_by_tenant[tenant.name] -= 1

@@ -49,6 +49,7 @@ from pipecat.processors.aggregators.llm_response_universal import (
 )
 from pipecat.processors.aggregators.llm_text_processor import LLMTextProcessor
 from pipecat.processors.frame_processor import FrameProcessor, FrameProcessorSetup
+from pipecat.processors.frameworks.rtvi.observer import RTVIObserver
 from pipecat.services.mem0.memory import Mem0MemoryService
 from pipecat.turns.user_start.transcription_user_turn_start_strategy import TranscriptionUserTurnStartStrategy
 from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import SpeechTimeoutUserTurnStopStrategy
@@ -115,11 +116,19 @@ class ObserverHub(WorkerObserver):
     profile of concurrent turns. Here a push goes once into one queue and an event nobody handles is
     not queued at all. Each observer still sees its events in pipeline order, off the pipeline's own
     tasks, as before; one that raises is logged and the others carry on.
+
+    Observers of the ``inline`` types are instead told of a push on the pushing task, as it happens:
+    RTVI's observer only turns frames into client messages (``gateway.rtvi``), and a message that
+    waits for the hub's task reaches the client after whatever else the loop had queued meanwhile.
     """
 
-    def __init__(self, *, observers: list[BaseObserver] | None = None) -> None:
+    def __init__(
+        self, *, observers: list[BaseObserver] | None = None, inline: tuple[type[BaseObserver], ...] = ()
+    ) -> None:
         super().__init__(observers=observers)
         self._hub: list[BaseObserver] = list(observers or [])
+        self._inline_types = inline
+        self._inline: list[BaseObserver] = []
         self._listeners: dict[_Event, list[BaseObserver]] = {}
         self._every_push: list[BaseObserver] = []
         self._seen: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
@@ -129,14 +138,18 @@ class ObserverHub(WorkerObserver):
         self._index()
 
     @classmethod
-    def replacing(cls, worker_observer: WorkerObserver) -> ObserverHub:
+    def replacing(
+        cls, worker_observer: WorkerObserver, inline: tuple[type[BaseObserver], ...] = ()
+    ) -> ObserverHub:
         """A hub for the observers ``PipelineWorker`` handed its own ``WorkerObserver`` (RTVI's too)."""
-        return cls(observers=list(worker_observer._observers))
+        return cls(observers=list(worker_observer._observers), inline=inline)
 
     def _index(self) -> None:
         self._listeners = {
             event: [o for o in self._hub if _handles(o, hook)] for event, hook in _HOOKS.items()
         }
+        self._inline = [o for o in self._listeners["push"] if isinstance(o, self._inline_types)]
+        self._listeners["push"] = [o for o in self._listeners["push"] if o not in self._inline]
         self._every_push = [o for o in self._listeners["push"] if o.observe_every_push]
 
     def add_observer(self, observer: BaseObserver) -> None:
@@ -186,6 +199,10 @@ class ObserverHub(WorkerObserver):
         data.first_push = frame.id not in self._seen
         if data.first_push:
             self._seen[frame.id] = frame
+        for observer in self._inline:
+            if data.first_push or observer.observe_every_push:
+                await _notify(observer, "push", data)
+        if data.first_push:
             if self._listeners["push"]:
                 self._queue.put_nowait(("push", data))
         elif self._every_push:
@@ -197,19 +214,24 @@ class ObserverHub(WorkerObserver):
             for observer in self._listeners[event]:
                 if event == "push" and not data.first_push and not observer.observe_every_push:
                     continue
-                try:
-                    if event == "push":
-                        await observer.on_push_frame(data)
-                    elif event == "process":
-                        await observer.on_process_frame(data)
-                    elif event == "setup":
-                        await observer.on_processor_setup(data)
-                    else:
-                        await observer.on_pipeline_started()
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("observer.failed", observer=type(observer).__name__)
+                await _notify(observer, event, data)
+
+
+async def _notify(observer: BaseObserver, event: _Event, data: Any) -> None:
+    """One event to one observer; an observer that raises is logged, never the pipeline's problem."""
+    try:
+        if event == "push":
+            await observer.on_push_frame(data)
+        elif event == "process":
+            await observer.on_process_frame(data)
+        elif event == "setup":
+            await observer.on_processor_setup(data)
+        else:
+            await observer.on_pipeline_started()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("observer.failed", observer=type(observer).__name__)
 
 
 class SessionPipeline(Pipeline):
@@ -244,7 +266,7 @@ class SessionWorker(PipelineWorker):
 
     def __init__(self, pipeline: BasePipeline, **kwargs: Any) -> None:
         super().__init__(pipeline, **kwargs)
-        self._observer = ObserverHub.replacing(self._observer)
+        self._observer = ObserverHub.replacing(self._observer, inline=(RTVIObserver,))
 
 
 def _text_output() -> list[FrameProcessor]:
@@ -296,6 +318,7 @@ class Session:
         prefetch: asyncio.Task[Any] | None,
         accepted_at: float | None,
         abort: Callable[[], None] = lambda: None,
+        write_room: Callable[[], int] = lambda: 0,
     ) -> None:
         """``ws=None`` (with ``accepted_at=None``) assembles a session ahead of its client, at
         ``/start``: ``run()`` starts the pipeline at once, ``attach()`` hands it the socket later."""
@@ -339,6 +362,7 @@ class Session:
             on_bad_frame=bad_frames.inc,
             on_reject=self._on_reject,
             abort=abort,
+            write_room=write_room,
             on_message=self._on_message_sent,
         )
         self.context = LLMContext()
@@ -413,10 +437,16 @@ class Session:
         self.transport.add_event_handler("on_client_connected", self._on_client_connected)
         self.transport.add_event_handler("on_client_disconnected", self._on_client_disconnected)
 
-    def attach(self, ws: web.WebSocketResponse, accepted_at: float, abort: Callable[[], None]) -> None:
+    def attach(
+        self,
+        ws: web.WebSocketResponse,
+        accepted_at: float,
+        abort: Callable[[], None],
+        write_room: Callable[[], int],
+    ) -> None:
         """The client of a session started at ``/start`` connected: hand over its socket."""
         self._accepted_at = accepted_at
-        self.transport.client.attach(ws, abort)
+        self.transport.client.attach(ws, abort, write_room)
 
     @property
     def connected(self) -> bool:

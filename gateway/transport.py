@@ -12,7 +12,10 @@ the FastAPI model it:
 * counts messages per direction through callbacks bound once per session (no label lookups per frame);
 * can start before its socket exists: a session assembled and started at ``/start`` gets its socket
   with ``attach()`` when the client connects; until then nothing is read or written, and
-  ``on_client_connected`` fires on attach. ``attach_timeout`` bounds the wait.
+  ``on_client_connected`` fires on attach. ``attach_timeout`` bounds the wait;
+* writes an urgent message (RTVI's) on the task that produced it when the socket can take it without
+  waiting (``send_message_now``), and otherwise queues it behind the ones already waiting, so that
+  a slow client still meets the send timeout on the output transport's own task.
 """
 
 from __future__ import annotations
@@ -58,6 +61,15 @@ def _no_reject(_reason: str, _code: int) -> None:
     pass
 
 
+def _no_room() -> int:
+    return 0
+
+
+class DeferredMessageFrame(OutputTransportMessageUrgentFrame):
+    """An urgent message that could not be written on its producer's task: the output transport
+    writes it from its own, in order with the others deferred."""
+
+
 class AiohttpWebsocketParams(TransportParams):
     """Parameters of the aiohttp WebSocket transport.
 
@@ -100,12 +112,16 @@ class AiohttpWebsocketClient:
         count_out: Callable[[], None] = _noop,
         on_reject: Callable[[str, int], None] = _no_reject,
         abort: Callable[[], None] = _noop,
+        write_room: Callable[[], int] = _no_room,
     ) -> None:
+        """``abort`` drops the TCP connection; ``write_room`` is how many bytes its transport takes now
+        without pausing its writer (0 when unknown: every message then goes through the queue)."""
         self._ws = ws
         self._attached = asyncio.Event()
         if ws is not None:
             self._attached.set()
         self._abort = abort
+        self._write_room = write_room
         self._on_reject = on_reject
         self._idle_timeout = idle_timeout
         self._on_connected = on_connected
@@ -128,14 +144,29 @@ class AiohttpWebsocketClient:
     def is_connected(self) -> bool:
         return self._ws is not None and not self._ws.closed
 
-    def attach(self, ws: web.WebSocketResponse, abort: Callable[[], None] | None = None) -> None:
+    def attach(
+        self,
+        ws: web.WebSocketResponse,
+        abort: Callable[[], None] | None = None,
+        write_room: Callable[[], int] | None = None,
+    ) -> None:
         """Hand over the socket of a session that started before its client connected."""
         if self._ws is not None:
             raise RuntimeError("a socket is already attached")
         self._ws = ws
         if abort is not None:
             self._abort = abort
+        if write_room is not None:
+            self._write_room = write_room
         self._attached.set()
+
+    def fits_now(self, size: int) -> bool:
+        """Whether a message of ``size`` bytes can be written without waiting for the client: the
+        socket's buffer is at or below its low-water mark (so its writer is not paused) and stays
+        below the high-water mark with the message (so it does not pause) — aiohttp's send then
+        completes without suspending, and nothing can cancel it half-way."""
+        ws = self._ws
+        return ws is not None and not self._closing and not ws.closed and self._write_room() > size
 
     async def wait_attached(self, timeout: float) -> bool:
         """True once a socket is attached (at once if it came with the client); False on timeout
@@ -387,6 +418,7 @@ class AiohttpWebsocketOutputTransport(BaseOutputTransport):
         self._client = client
         self._ws_params = params
         self._on_message = on_message
+        self._deferred = 0
         self._send_interval = 0.0
         self._next_send_time = 0.0
         # Set once StartFrame has reached this processor, i.e. has passed every processor before it:
@@ -421,6 +453,8 @@ class AiohttpWebsocketOutputTransport(BaseOutputTransport):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
+        if isinstance(frame, DeferredMessageFrame):
+            self._deferred -= 1
         if isinstance(frame, InterruptionFrame):
             await self._write_frame(frame)
             self._next_send_time = 0
@@ -431,6 +465,29 @@ class AiohttpWebsocketOutputTransport(BaseOutputTransport):
         await self._write_frame(frame)
         if self._on_message is not None and isinstance(frame.message, dict):
             self._on_message(frame.message)
+
+    async def send_message_now(self, frame: OutputTransportMessageUrgentFrame) -> None:
+        """Write an urgent message on the caller's task if the socket takes it without waiting;
+        otherwise queue it to this processor, which writes it (under the send timeout) from its own
+        task. Once one is queued, the next ones queue behind it until it is written: order is kept.
+
+        The queue is what an urgent frame went through anyway; skipping it when nothing waits saves
+        the task hop, and the wait behind whatever else the loop had queued, per message.
+        """
+        serializer = self._ws_params.serializer
+        if self._deferred == 0 and serializer is not None:
+            payload = await serializer.serialize(frame)
+            if not payload:
+                return
+            # A WebSocket frame header is at most 14 bytes; a str may take 4 bytes per character.
+            size = 14 + (len(payload) * 4 if isinstance(payload, str) else len(payload))
+            if self._client.fits_now(size):
+                if await self._client.send(payload) and self._on_message is not None:
+                    if isinstance(frame.message, dict):
+                        self._on_message(frame.message)
+                return
+        self._deferred += 1
+        await self.queue_frame(DeferredMessageFrame(message=frame.message), FrameDirection.DOWNSTREAM)
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
         if self._client.is_closing or not self._client.is_connected:
@@ -471,6 +528,7 @@ class AiohttpWebsocketTransport(BaseTransport):
         on_bad_frame: Callable[[], None] = _noop,
         on_reject: Callable[[str, int], None] = _no_reject,
         abort: Callable[[], None] = _noop,
+        write_room: Callable[[], int] = _no_room,
         on_message: Callable[[dict[str, Any]], None] | None = None,
         input_name: str | None = None,
         output_name: str | None = None,
@@ -491,6 +549,7 @@ class AiohttpWebsocketTransport(BaseTransport):
             count_out=count_out,
             on_reject=on_reject,
             abort=abort,
+            write_room=write_room,
         )
         self._input = AiohttpWebsocketInputTransport(
             self, self._client, params, on_bad_frame=on_bad_frame, name=self._input_name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ class WireClient:
     serializer: str = "rtvi"
     received: list[dict[str, Any]] = field(default_factory=list)
     on_say: Callable[[str], None] | None = None
+    _backlog: deque[dict[str, Any]] = field(default_factory=deque)
     _proto: ProtobufFrameSerializer = field(default_factory=ProtobufFrameSerializer)
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -57,13 +59,16 @@ class WireClient:
             return None
         raise ConnectionError(f"socket closed: {msg.type.name} code={self.ws.close_code}")
 
+    async def _read(self) -> dict[str, Any]:
+        while (message := await self._decode(await self.ws.receive())) is None:
+            pass
+        return message
+
     async def next(self, *types: str, timeout: float = 10.0) -> dict[str, Any]:
         """The next message whose type is one of ``types`` (all messages are kept in ``received``)."""
         async with asyncio.timeout(timeout):
             while True:
-                message = await self._decode(await self.ws.receive())
-                if message is None:
-                    continue
+                message = self._backlog.popleft() if self._backlog else await self._read()
                 self.received.append(message)
                 if not types or message.get("type") in types:
                     return message
@@ -78,9 +83,15 @@ class WireClient:
                 return "".join(parts)
             parts.append(message["data"]["text"])
 
-    async def ready(self) -> dict[str, Any]:
+    async def ready(self, timeout: float = 10.0) -> dict[str, Any]:
+        """``client-ready`` → ``bot-ready``. The greeting starts as the socket connects, so some of it
+        may arrive first, as with any RTVI client: those messages are left, in order, for the next reads."""
         await self.send(rtvi("client-ready", {"version": "2.0.0", "about": {"library": "tests"}}))
-        return await self.next("bot-ready")
+        async with asyncio.timeout(timeout):
+            while (message := await self._read()).get("type") != "bot-ready":
+                self._backlog.append(message)
+        self.received.append(message)
+        return message
 
     async def say(self, text: str, timeout: float = 10.0) -> str:
         await self.send(send_text(text))
@@ -88,6 +99,8 @@ class WireClient:
 
     async def closed(self, timeout: float = 10.0) -> int | None:
         """Drain until the server closes the socket; return its close code."""
+        self.received.extend(self._backlog)
+        self._backlog.clear()
         async with asyncio.timeout(timeout):
             while True:
                 msg = await self.ws.receive()

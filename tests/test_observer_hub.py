@@ -94,3 +94,46 @@ def test_the_hub_replaces_pipecats_per_observer_proxies() -> None:
     worker = SessionWorker(Pipeline([PassThrough()]), observers=[PushOnly()], idle_timeout_secs=None)
 
     assert isinstance(worker._observer, ObserverHub)
+
+
+async def test_an_inline_observer_sees_a_push_before_the_push_returns() -> None:
+    """RTVI's observer is called on the pushing task: its message is out before the frame moves on."""
+    inline, queued = PushOnly(), Recorder(every_push=False, processed=False)
+    hub = ObserverHub(observers=[inline, queued], inline=(PushOnly,))
+    source, destination = PassThrough(), PassThrough()
+    for text in ("one", "two"):
+        await hub.on_push_frame(
+            FramePushed(
+                source=source,
+                destination=destination,
+                frame=TextFrame(text),
+                direction=FrameDirection.DOWNSTREAM,
+                timestamp=0,
+            )
+        )
+
+    assert inline.texts == ["one", "two"]
+    assert queued.pushes == []  # still waiting in the hub's queue for its task
+
+
+async def test_an_inline_observer_that_raises_does_not_break_the_pipeline() -> None:
+    class BrokenInline(PushOnly):
+        async def on_push_frame(self, data: FramePushed) -> None:
+            raise RuntimeError("observer bug")
+
+    broken, healthy = BrokenInline(), PushOnly()
+    worker = SessionWorker(
+        Pipeline([PassThrough(), PassThrough()]),
+        observers=[broken, healthy],
+        enable_rtvi=False,
+        enable_turn_tracking=False,
+        idle_timeout_secs=None,
+        check_dangling_tasks=False,
+    )
+    worker._observer = ObserverHub(observers=[broken, healthy], inline=(BrokenInline,))
+    runner = WorkerRunner(handle_sigint=False, check_dangling_tasks=False)
+    await runner.add_workers(worker)
+    await worker.queue_frames([TextFrame("one"), TextFrame("two"), EndFrame()])
+    await asyncio.wait_for(runner.run(), 10)
+
+    assert healthy.texts == ["one", "two"]

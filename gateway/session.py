@@ -11,8 +11,9 @@ Pipeline (text mode)::
 
 ``LLMTextProcessor`` turns LLM tokens into sentence-sized ``AggregatedTextFrame``s; with ``skip_tts``
 set (text mode) RTVI then emits ``bot-output`` for them, which is what web clients display. RTVI's own
-messages are queued straight into the transport output (``gateway.rtvi``), and the greeting is pushed
-from the LLM service, like a reply.
+messages are written as the frames they report on are pushed, or queued to the transport output when
+the socket is backed up (``gateway.rtvi``), and the greeting is pushed from the LLM service, like a
+reply.
 
 A session is usually assembled and started at ``/start``, before its client connects (``ws=None``):
 ``attach()`` hands it the socket on connect, and ``on_client_connected`` (greeting, metrics) fires then.

@@ -26,3 +26,16 @@ async def test_new_user_gets_the_generic_greeting(gateway: RunningGateway) -> No
     greeting = await other.bot_turn()
     assert "Ada" not in greeting and "sail" not in greeting
     assert "nice to meet you" in greeting.lower()
+
+
+async def test_a_reply_too_big_to_write_at_once_keeps_its_messages_in_order(gateway: RunningGateway) -> None:
+    """RTVI messages go out on the task that produced them when the socket takes them at once; a big
+    one waits in the output transport's queue, and the small ones after it (``bot-llm-stopped``) must
+    wait behind it rather than overtake it."""
+    client = await gateway.connect(user_id="bulky")
+    await client.bot_turn()
+    big = "0 " + "x" * 100_000
+
+    reply = await client.say(big)
+
+    assert reply == f"I heard: {big}"

@@ -50,6 +50,11 @@ def _configure_connection(conn: Connection[Any]) -> None:
     conn.commit()
 
 
+# Both pools: no server-side prepared statements (a generic plan would ignore the expression indexes),
+# a 10 s wait for a connection, opened by the caller.
+_POOL_OPTIONS: dict[str, Any] = {"kwargs": {"prepare_threshold": None}, "timeout": 10.0, "open": False}
+
+
 def create_pool(conninfo: str, *, min_size: int = 1, max_size: int = 8, name: str = "mem0") -> ConnectionPool:
     """A psycopg pool whose connections never use server-side prepared statements.
 
@@ -59,11 +64,9 @@ def create_pool(conninfo: str, *, min_size: int = 1, max_size: int = 8, name: st
         conninfo=conninfo,
         min_size=min_size,
         max_size=max_size,
-        kwargs={"prepare_threshold": None},
         configure=_configure_connection,
         name=name,
-        timeout=10.0,
-        open=False,
+        **_POOL_OPTIONS,
     )
     pool.open(wait=True, timeout=30.0)
     return pool
@@ -212,11 +215,9 @@ async def create_async_pool(
         conninfo=conninfo,
         min_size=1,
         max_size=max_size,
-        kwargs={"prepare_threshold": None},
         configure=_configure_async,
         name=name,
-        timeout=10.0,
-        open=False,
+        **_POOL_OPTIONS,
     )
     await pool.open(wait=True, timeout=30.0)
     return pool

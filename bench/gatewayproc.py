@@ -38,7 +38,7 @@ async def _serve() -> None:
     from bench.harness import BenchContext
     from bench.loadgen import raise_nofile_limit
     from bench.loadrun import load_gateway, rss_mib
-    from gateway.app import state_key
+    from gateway.keys import registry_key
     from gateway.logging import configure_logging
 
     configure_logging("json", "WARNING", stream=sys.stderr)
@@ -55,14 +55,14 @@ async def _serve() -> None:
         ctx, config["tenant"], config["llm_base_url"], **config.get("settings", {})
     ) as gw:
         _emit("listening", url=gw.base_url, key=gw.api_key, tenant=gw.tenant, pid=os.getpid())
-        state = gw.app[state_key]
+        registry = gw.app[registry_key]
         while line := await reader.readline():
             command = json.loads(line)
             if command["cmd"] == "sessions":
                 deadline = time.monotonic() + float(command["timeout"])
-                while sum(state.active_by_tenant.values()) != command["live"] and time.monotonic() < deadline:
+                while registry.held() != command["live"] and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)
-                live = sum(state.active_by_tenant.values())
+                live = registry.held()
                 _emit("sessions", live=live, ok=live == command["live"])
             elif command["cmd"] == "rss":
                 gc.collect()

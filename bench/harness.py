@@ -193,25 +193,25 @@ class BenchGateway:
     @property
     def database_url(self) -> str:
         """The PostgreSQL the gateway's memory uses (embedded unless one was given)."""
-        from gateway.app import backends_key
+        from gateway.keys import backends_key
 
         return self.app[backends_key].database_url
 
     async def backend(self, tenant: str | None = None) -> Any:
         """The tenant's shared ``memory.backends.TenantMemory`` (the object every session uses)."""
-        from gateway.app import backends_key, tenants_key
+        from gateway.keys import backends_key, tenants_key
 
         config = self.app[tenants_key].require(tenant or self.tenant)
         return await self.app[backends_key].for_tenant(config.name, config.memory)
 
     async def settle(self, timeout: float = 30.0) -> None:
         """Wait until no session is live and every queued memory write has landed."""
-        from gateway.app import backends_key, state_key
+        from gateway.keys import backends_key, registry_key
 
-        state = self.app[state_key]
+        registry = self.app[registry_key]
         backends = self.app[backends_key]
         async with asyncio.timeout(timeout):
-            while len(state.sessions) or sum(state.active_by_tenant.values()) or backends.pending_writes():
+            while len(registry.sessions) or registry.held() or backends.pending_writes():
                 await asyncio.sleep(0.01)
 
 
@@ -609,7 +609,7 @@ async def seed_memories(
     metadata), written by ``seed_store``; with ``verify`` they are read back through mem0 (``get_all``
     and ``search``) before this returns. ≈0.3 s per 1,000 memories instead of ≈7 s through ``add()``.
     """
-    from gateway.app import backends_key, tenants_key
+    from gateway.keys import backends_key, tenants_key
     from memory.scope import MemoryScope
 
     config = app[tenants_key].require(tenant)

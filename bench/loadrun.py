@@ -299,11 +299,11 @@ class Clients:
 
 async def wait_sessions(app: web.Application, live: int, timeout: float) -> bool:
     """Wait until the gateway counts exactly ``live`` sessions; False on timeout."""
-    from gateway.app import state_key
+    from gateway.keys import registry_key
 
-    state = app[state_key]
+    registry = app[registry_key]
     deadline = time.monotonic() + timeout
-    while sum(state.active_by_tenant.values()) != live:
+    while registry.held() != live:
         if time.monotonic() > deadline:
             return False
         await asyncio.sleep(0.05)

@@ -4,79 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import weakref
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import WSCloseCode, web
+from aiohttp import web
 
-from gateway.limits import RateLimiter
+from gateway import routes
+from gateway.cluster import InProcessRegistry, SessionRegistry
+from gateway.keys import (
+    backends_key,
+    deps_key,
+    metrics_key,
+    metrics_runner_key,
+    registry_key,
+    reloader_key,
+    settings_key,
+    tenants_key,
+    tokens_key,
+)
 from gateway.llm import OpenAIClients, create_http_client
 from gateway.logging import get_logger
 from gateway.metrics import GatewayMetrics
-from gateway.session import Session, SessionDeps
+from gateway.session import SessionDeps
 from gateway.settings import Settings
 from gateway.tenants import TenantFileError, TenantRegistry
 from gateway.tokens import SessionTokens, load_or_create_secret
 from memory.backends import MemoryBackends
 
 log = get_logger(__name__)
-
-
-@dataclass
-class Prefetch:
-    task: asyncio.Task[object]
-    expires_at: float
-
-
-@dataclass
-class PendingSession:
-    """A session started at ``/start``, waiting for its client; ``task`` runs it to the end."""
-
-    session: Session
-    task: asyncio.Task[str]
-
-
-@dataclass
-class GatewayState:
-    """Mutable per-app state, owned by the app (no module globals)."""
-
-    draining: bool = False
-    sessions: weakref.WeakSet[Session] = field(default_factory=weakref.WeakSet)
-    active_by_tenant: dict[str, int] = field(default_factory=dict)
-    prefetches: dict[str, Prefetch] = field(default_factory=dict)
-    # By session ID; an entry leaves when its client connects or when the session ends unclaimed.
-    pending: dict[str, PendingSession] = field(default_factory=dict)
-    # Sessions started at /start run in tasks of their own (not their WebSocket handler's): draining
-    # waits for these to store their last words before the memory backends close.
-    session_tasks: set[asyncio.Task[str]] = field(default_factory=set)
-    # Sessions whose pipelines are starting right now (GATEWAY_START_CONCURRENCY).
-    starting: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
-
-    def prune_prefetches(self, now: float) -> None:
-        """Drop prefetches whose token expired unused.
-
-        Every entry gets the same TTL and dicts keep insertion order, so expired entries are all at
-        the front: stop at the first live one instead of scanning every pending session per /start.
-        """
-        while self.prefetches:
-            sid, entry = next(iter(self.prefetches.items()))
-            if entry.expires_at > now:
-                return
-            entry.task.cancel()
-            del self.prefetches[sid]
-
-
-settings_key = web.AppKey("settings", Settings)
-metrics_key = web.AppKey("metrics", GatewayMetrics)
-tenants_key = web.AppKey("tenants", TenantRegistry)
-tokens_key = web.AppKey("tokens", SessionTokens)
-backends_key = web.AppKey("backends", MemoryBackends)
-state_key = web.AppKey("state", GatewayState)
-deps_key = web.AppKey("deps", SessionDeps)
-limiter_key = web.AppKey("limiter", RateLimiter)
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
@@ -97,8 +53,6 @@ def create_app(
     backends: MemoryBackends | None = None,
 ) -> web.Application:
     """Build the gateway. Nothing starts until the app does (``cleanup_ctx``)."""
-    from gateway import routes
-
     app = web.Application(client_max_size=64 * 1024)
     app[settings_key] = settings
     app[metrics_key] = metrics or GatewayMetrics()
@@ -109,8 +63,7 @@ def create_app(
         else load_or_create_secret(settings.data_dir)
     )
     app[tokens_key] = SessionTokens(secret, settings.token_ttl_secs)
-    app[state_key] = GatewayState(starting=asyncio.Semaphore(settings.start_concurrency))
-    app[limiter_key] = RateLimiter(clock=_monotonic)
+    app[registry_key] = create_registry(settings, app[metrics_key])
     app[backends_key] = backends or MemoryBackends(
         data_dir=settings.data_dir,
         database_url=settings.database_url,
@@ -119,6 +72,8 @@ def create_app(
         pool_size=settings.memory_pool_size,
         observer=app[metrics_key],
     )
+    # Closed last (cleanup runs in reverse): sessions give their leases back before it disconnects.
+    app.cleanup_ctx.append(_registry_ctx)
     app.cleanup_ctx.append(_memory_ctx)
     app.cleanup_ctx.append(_deps_ctx)
     app.cleanup_ctx.append(_tenants_reload_ctx)
@@ -163,27 +118,39 @@ async def _deps_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _drain(app: web.Application) -> None:
     """Stop accepting, ask every live session to close with 1001, wait up to the grace period."""
-    state = app[state_key]
-    state.draining = True
-    sessions = list(state.sessions)
-    log.info("gateway.draining", sessions=len(sessions))
-    # Concurrently: each close may wait up to its close timeout for a slow client.
-    await asyncio.gather(
-        *(session.close(WSCloseCode.GOING_AWAY, "server shutting down") for session in sessions),
-        return_exceptions=True,
+    await app[registry_key].drain(app[settings_key].shutdown_grace_secs)
+
+
+def create_registry(settings: Settings, metrics: GatewayMetrics) -> SessionRegistry:
+    """Redis when ``GATEWAY_REDIS_URL`` is set (every replica shares the limits), else this process."""
+    common: dict[str, Any] = {
+        "metrics": metrics,
+        "start_concurrency": settings.start_concurrency,
+        "prefetch_ttl_secs": settings.prefetch_ttl_secs,
+    }
+    if settings.redis_url is None:
+        return InProcessRegistry(**common)
+    from gateway.cluster.redis import RedisRegistry
+
+    return RedisRegistry(
+        url=settings.redis_url.get_secret_value(),
+        prefix=settings.redis_prefix,
+        lease_ttl_secs=settings.lease_ttl_secs,
+        timeout_secs=settings.redis_timeout_secs,
+        **common,
     )
-    if state.session_tasks:
-        await asyncio.wait(set(state.session_tasks), timeout=app[settings_key].shutdown_grace_secs)
-    for entry in state.prefetches.values():
-        entry.task.cancel()
-    state.prefetches.clear()
+
+
+async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
+    registry = app[registry_key]
+    await registry.start()
+    log.info("registry.ready", backend=registry.backend, replica=registry.replica_id)
+    yield
+    await registry.close()
 
 
 def _limits(registry: TenantRegistry) -> dict[str, int]:
     return {tenant.name: tenant.max_sessions for tenant in registry if tenant.active}
-
-
-metrics_runner_key = web.AppKey("metrics_runner", web.AppRunner)
 
 
 async def _metrics_site_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -201,10 +168,6 @@ async def _metrics_site_ctx(app: web.Application) -> AsyncIterator[None]:
     log.info("metrics.listening", port=runner.addresses[0][1])
     yield
     await runner.cleanup()
-
-
-def _monotonic() -> float:
-    return asyncio.get_running_loop().time()
 
 
 class TenantReloader:
@@ -264,9 +227,6 @@ class TenantReloader:
             metrics.tenant_reloads_total.labels("ok").inc()
             log.info("tenants.reloaded", trigger=trigger, tenants=len(fresh))
             return True
-
-
-reloader_key = web.AppKey("reloader", TenantReloader)
 
 
 async def _tenants_reload_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -14,6 +14,7 @@ INVALID_PAYLOAD = int(WSCloseCode.INVALID_TEXT)  # 1007: repeated undecodable fr
 POLICY_VIOLATION = int(WSCloseCode.POLICY_VIOLATION)  # 1008: client stopped reading
 MESSAGE_TOO_BIG = int(WSCloseCode.MESSAGE_TOO_BIG)  # 1009
 INTERNAL_ERROR = int(WSCloseCode.INTERNAL_ERROR)  # 1011
+TRY_AGAIN_LATER = int(WSCloseCode.TRY_AGAIN_LATER)  # 1013: shared session state (Redis) unreachable
 BAD_TOKEN = 4001  # bad, expired, reused or mismatched token
 FORBIDDEN = 4003  # tenant disabled, or browser Origin not allowed
 IDLE_TIMEOUT = 4008  # client sent nothing for GATEWAY_IDLE_TIMEOUT_SECS

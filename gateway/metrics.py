@@ -111,6 +111,17 @@ class GatewayMetrics:
             ["outcome"],
             registry=r,
         )
+        self.redis_up = Gauge(
+            "gateway_redis_up",
+            "1 while the last call to Redis (GATEWAY_REDIS_URL) succeeded, 0 after a failure",
+            registry=r,
+        )
+        self.redis_errors_total = Counter(
+            "gateway_redis_errors_total",
+            "Failed or timed-out Redis calls by operation (acquire, release, renew, spend_token, start_rate)",
+            ["operation"],
+            registry=r,
+        )
         self.build_info = Gauge("gateway_build_info", "Versions", ["version", "pipecat", "mem0"], registry=r)
         self.build_info.labels(__version__, _version("pipecat-ai"), _version("mem0ai")).set(1)
         self._limit_labels: set[str] = set()

@@ -21,16 +21,13 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gateway import closecodes
 from gateway import greeting as greetings
-from gateway.app import (
-    GatewayState,
-    PendingSession,
-    Prefetch,
+from gateway.cluster import ClusterUnavailable, Lease
+from gateway.keys import (
     backends_key,
     deps_key,
-    limiter_key,
     metrics_key,
+    registry_key,
     settings_key,
-    state_key,
     tenants_key,
     tokens_key,
 )
@@ -39,7 +36,6 @@ from gateway.serializers import SERIALIZERS
 from gateway.session import Session
 from gateway.tenants import TenantConfig
 from gateway.tokens import SessionClaims, TokenError
-from memory.backends import TenantMemory
 from memory.scope import MemoryScope
 
 log = get_logger(__name__)
@@ -128,10 +124,27 @@ def _authenticate(request: web.Request) -> TenantConfig | web.Response:
     return tenant
 
 
+def _cluster_unavailable(request: web.Request, tenant: str) -> web.Response:
+    return _reject(
+        request, tenant, "cluster_unavailable", 503, "session state unavailable", {"Retry-After": "5"}
+    )
+
+
+def _at_limit(request: web.Request, tenant: str) -> web.Response:
+    return _reject(
+        request,
+        tenant,
+        "session_limit",
+        429,
+        "tenant is at its concurrent-session limit",
+        {"Retry-After": "1"},
+    )
+
+
 async def start(request: web.Request) -> web.Response:
     app = request.app
-    state = app[state_key]
-    if state.draining:
+    registry = app[registry_key]
+    if registry.draining:
         return _reject(
             request,
             None,
@@ -143,7 +156,7 @@ async def start(request: web.Request) -> web.Response:
     tenant = _authenticate(request)
     if isinstance(tenant, web.Response):
         return tenant
-    retry_after = app[limiter_key].acquire(tenant.name, tenant.start_rate)
+    retry_after = await registry.allow_start(tenant)
     if retry_after:
         return _reject(
             request,
@@ -170,15 +183,6 @@ async def start(request: web.Request) -> web.Response:
     except ValueError as e:
         message = "body is not valid JSON" if isinstance(e, json.JSONDecodeError) else str(e)
         return _reject(request, tenant.name, "bad_request", 400, message)
-    if state.active_by_tenant.get(tenant.name, 0) >= tenant.max_sessions:
-        return _reject(
-            request,
-            tenant.name,
-            "session_limit",
-            429,
-            "tenant is at its concurrent-session limit",
-            {"Retry-After": "1"},
-        )
     try:
         backend = await app[backends_key].for_tenant(tenant.name, tenant.memory)
     except Exception:
@@ -187,15 +191,23 @@ async def start(request: web.Request) -> web.Response:
 
     token, claims = app[tokens_key].issue(tenant=tenant.name, serializer=serializer, **ids)
     structlog.contextvars.bind_contextvars(session_id=claims.session_id)
-    loop = asyncio.get_running_loop()
-    state.prune_prefetches(loop.time())
+    settings = app[settings_key]
+    # The session starts now (as Pipecat's runner starts the bot at /start) and takes its slot now:
+    # a tenant at its limit anywhere in the cluster is told so here, before any work is done for it.
+    lease: Lease | None = None
+    if settings.prestart_secs:
+        try:
+            lease = await registry.reserve(tenant, claims.session_id)
+        except ClusterUnavailable:
+            return _cluster_unavailable(request, tenant.name)
+        if lease is None:
+            return _at_limit(request, tenant.name)
+    elif registry.active(tenant.name) >= tenant.max_sessions:
+        return _at_limit(request, tenant.name)  # this replica is full; the connect re-checks everywhere
     scope = MemoryScope(tenant.name, ids["user_id"], ids["agent_id"], ids["run_id"])
     prefetch = greetings.start_prefetch(backend, scope, tenant.greeting)
-    settings = app[settings_key]
-    if not (settings.prestart_secs and _prestart(app, tenant, backend, claims, prefetch)):
-        state.prefetches[claims.session_id] = Prefetch(
-            task=prefetch, expires_at=loop.time() + settings.prefetch_ttl_secs
-        )
+    if lease is None or not await _prestart(app, tenant, backend, claims, prefetch, lease):
+        registry.hold_prefetch(claims.session_id, prefetch)
     query = f"?serializer={serializer}" if serializer else ""
     log.info("start.accepted")
     return web.json_response(
@@ -207,26 +219,22 @@ async def start(request: web.Request) -> web.Response:
     )
 
 
-def _prestart(
+async def _prestart(
     app: web.Application,
     tenant: TenantConfig,
-    backend: TenantMemory,
+    backend: Any,
     claims: SessionClaims,
     prefetch: asyncio.Task[Any],
+    lease: Lease,
 ) -> bool:
     """Assemble and start the session now, so that its pipeline is up when the client connects.
 
     As Pipecat's development runner starts the bot at ``/start``: the pipeline's start-up overlaps the
-    client's connect instead of following it. The session takes its tenant slot now; if no client
-    attaches within ``prestart_secs`` it ends (``unclaimed``) and frees it, and a later connect with
-    the still-valid token gets a session built at connect, as on a replica that never saw the /start.
+    client's connect instead of following it. The session holds ``lease``; if no client attaches
+    within ``prestart_secs`` it ends (``unclaimed``) and frees it, and a later connect with the
+    still-valid token gets a session built at connect, as on a replica that never saw the /start.
     """
-    state = app[state_key]
-    serializer = claims.serializer or "protobuf"
-    active = state.active_by_tenant.get(tenant.name, 0)
-    if active >= tenant.max_sessions:
-        return False  # taken since the check; the connect will find room or refuse with 4029
-    state.active_by_tenant[tenant.name] = active + 1
+    registry = app[registry_key]
     try:
         session = Session(
             ws=None,
@@ -234,75 +242,17 @@ def _prestart(
             tenant=tenant,
             backend=backend,
             deps=app[deps_key],
-            serializer=serializer,
+            serializer=claims.serializer or "protobuf",
             prefetch=prefetch,
             accepted_at=None,
         )
     except Exception:
-        state.active_by_tenant[tenant.name] -= 1
+        await registry.release(lease)
         log.exception("start.prestart_failed")
         return False
-    state.sessions.add(session)  # from now on, draining closes it too
     wait = tenant.greeting.deadline_secs or app[settings_key].greeting_deadline_secs
-    task = asyncio.create_task(
-        _run_session(state, tenant.name, session, after=prefetch, wait=wait), name="session"
-    )
-    entry = PendingSession(session=session, task=task)
-    state.pending[claims.session_id] = entry
-    state.session_tasks.add(task)
-    task.add_done_callback(state.session_tasks.discard)
-    task.add_done_callback(lambda _: _drop_pending(state, claims.session_id, entry))
+    registry.prestart(session, lease, after=prefetch, wait=wait)
     return True
-
-
-def _drop_pending(state: GatewayState, session_id: str, entry: PendingSession) -> None:
-    if state.pending.get(session_id) is entry:
-        del state.pending[session_id]
-
-
-async def _run_session(
-    state: GatewayState,
-    tenant: str,
-    session: Session,
-    after: asyncio.Task[Any] | None = None,
-    wait: float = 0.0,
-) -> str:
-    """Run one session to its end; the caller has already taken the tenant slot this releases.
-
-    ``after``: when pipelines are already starting at the ``start_concurrency`` limit, let this task
-    (the greeting's memory listing, one indexed query on this loop) finish first, for at most ``wait``
-    seconds. In a reconnect storm that keeps hundreds of pipelines starting at once from starving the
-    listings, which would otherwise miss the greeting deadline and greet everyone generically. With a
-    free start slot the pipeline starts at once: the query is in flight in PostgreSQL meanwhile, and
-    waiting for it would put its round trip on the way to the greeting (about 1 ms of the 5 ms from
-    WebSocket connect to greeting on loopback).
-    """
-    state.sessions.add(session)
-    try:
-        if after is not None and state.starting.locked():
-            await asyncio.wait({after}, timeout=wait)
-        run: asyncio.Future[str] | None = None
-        try:
-            async with state.starting:
-                # A start slot is held only until the pipeline is up: a burst of connects starts a
-                # few pipelines at a time, in arrival order, instead of all of them at once, each
-                # slowed by all the others (and the loop stays responsive to live sessions).
-                if session.closed:
-                    return "shutdown"
-                run = asyncio.ensure_future(session.run())
-                started = asyncio.ensure_future(session.started())
-                try:
-                    await asyncio.wait({run, started}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    started.cancel()
-            return await run
-        except asyncio.CancelledError:
-            if run is not None:
-                run.cancel()
-            raise
-    finally:
-        state.sessions.discard(session)
-        state.active_by_tenant[tenant] -= 1
 
 
 def _claims_match(request: web.Request, claims: SessionClaims) -> bool:
@@ -334,7 +284,7 @@ def _write_room(request: web.Request) -> int:
 
 
 def _admission(
-    request: web.Request, tenant: TenantConfig, claims: SessionClaims, active: int
+    request: web.Request, tenant: TenantConfig, claims: SessionClaims
 ) -> tuple[str, int, str] | None:
     """Why a validly-signed token may still not open a session now: (reason, close code, text)."""
     if not _claims_match(request, claims):
@@ -343,15 +293,17 @@ def _admission(
         return "tenant_disabled", closecodes.FORBIDDEN, "tenant is disabled"
     if not tenant.allows_origin(request.headers.get("Origin")):
         return "origin_not_allowed", closecodes.FORBIDDEN, "origin not allowed"
-    if active >= tenant.max_sessions:
-        return "session_limit", closecodes.TOO_MANY_SESSIONS, "tenant is at its concurrent-session limit"
     return None
+
+
+_AT_LIMIT = ("session_limit", closecodes.TOO_MANY_SESSIONS, "tenant is at its concurrent-session limit")
+_UNAVAILABLE = ("cluster_unavailable", closecodes.TRY_AGAIN_LATER, "session state unavailable, retry")
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app[settings_key]
-    state = app[state_key]
+    registry = app[registry_key]
     token = request.match_info.get("token") or request.query.get("token", "")
     requested = request.query.get("serializer")
     if requested is not None and requested not in SERIALIZERS:
@@ -363,7 +315,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     accepted_at = asyncio.get_running_loop().time()
 
-    if state.draining:
+    if registry.draining:
         return await _refuse(request, ws, None, "draining", closecodes.GOING_AWAY, "server is draining")
     bad_token = "invalid, expired or reused token"
     try:
@@ -375,25 +327,37 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if tenant is None:
         return await _refuse(request, ws, None, "bad_token", closecodes.BAD_TOKEN, bad_token)
     structlog.contextvars.bind_contextvars(tenant=tenant.name, session_id=claims.session_id)
-    # The token is spent either way; its started session or greeting prefetch is used now or never.
+    # The token is spent either way (on every replica); its started session or greeting prefetch is
+    # used now or never.
+    try:
+        fresh = await registry.spend_token(claims)
+    except ClusterUnavailable:
+        fresh = None
     serializer = requested or claims.serializer or "protobuf"
-    pending = state.pending.pop(claims.session_id, None)
-    active = state.active_by_tenant.get(tenant.name, 0)
-    if pending is not None and (pending.task.done() or pending.session.serializer != serializer):
-        # Ended meanwhile, or the client asked for another wire format than /start: start afresh,
-        # in the slot the started session is about to give back.
-        if not pending.task.done():
-            active -= 1
-        await pending.session.close(closecodes.NORMAL, "replaced")
-        pending = None
-    prefetch = state.prefetches.pop(claims.session_id, None)
-    # A started session holds its slot already; only a session built now needs a free one.
-    refusal = _admission(request, tenant, claims, 0 if pending is not None else active)
+    pending, lease = await registry.claim(claims.session_id, serializer) if fresh else (None, None)
+    prefetch = registry.take_prefetch(claims.session_id)
+    refusal = (
+        _UNAVAILABLE
+        if fresh is None
+        else ("bad_token", closecodes.BAD_TOKEN, bad_token)
+        if not fresh
+        else _admission(request, tenant, claims)
+    )
+    if refusal is None and pending is None and lease is None:
+        # Built here: a slot of its own, or the one a session started for this token holds on
+        # another replica (taken over, so it is counted once).
+        try:
+            lease = await registry.reserve(tenant, claims.session_id)
+            refusal = _AT_LIMIT if lease is None else None
+        except ClusterUnavailable:
+            refusal = _UNAVAILABLE
     if refusal is not None:
         if pending is not None:
             await pending.session.close(closecodes.NORMAL, "refused")
+        if lease is not None:
+            await registry.release(lease)
         if prefetch is not None:
-            prefetch.task.cancel()
+            prefetch.cancel()
         return await _refuse(request, ws, tenant.name, *refusal)
     abort = functools.partial(_abort, request)
     write_room = functools.partial(_write_room, request)
@@ -403,8 +367,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         await asyncio.shield(pending.task)
         return ws
 
-    # Take the slot before the first await, so concurrent connects cannot overshoot the limit.
-    state.active_by_tenant[tenant.name] = state.active_by_tenant.get(tenant.name, 0) + 1
+    assert lease is not None
     try:
         backend = await app[backends_key].for_tenant(tenant.name, tenant.memory)
         session = Session(
@@ -414,18 +377,18 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             backend=backend,
             deps=app[deps_key],
             serializer=serializer,
-            prefetch=prefetch.task if prefetch else None,
+            prefetch=prefetch,
             accepted_at=accepted_at,
             abort=abort,
             write_room=write_room,
         )
     except Exception:
-        state.active_by_tenant[tenant.name] -= 1
+        await registry.release(lease)
         log.exception("ws.session_setup_failed")
         return await _refuse(
             request, ws, tenant.name, "internal_error", closecodes.INTERNAL_ERROR, "internal error"
         )
-    await _run_session(state, tenant.name, session)
+    await registry.run(session, lease)
     return ws
 
 
@@ -485,12 +448,19 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready unless draining or the memory backend is unreachable.
+
+    Redis being unreachable does not make a replica unready: every replica shares that fate, and taking
+    them all out of the load balancer would turn a clear 503 at ``/start`` into refused connections
+    while live sessions carry on. It is reported here and alerted on (``gateway_redis_up``).
+    """
     app = request.app
-    if app[state_key].draining:
+    registry = app[registry_key]
+    if registry.draining:
         return web.json_response({"ready": False, "reason": "draining"}, status=503)
     if not await app[backends_key].ready():
         return web.json_response({"ready": False, "reason": "memory backend unreachable"}, status=503)
-    return web.json_response({"ready": True})
+    return web.json_response({"ready": True, "sessions": registry.status()})
 
 
 @web.middleware

@@ -25,6 +25,19 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="PostgreSQL with pgvector; unset = embedded server under data_dir"
     )
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="redis://…: session limits, token single use and the /start rate shared by every "
+        "replica (gateway.cluster.redis); unset = this process alone",
+    )
+    redis_prefix: str = Field(default="mgw", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    redis_timeout_secs: float = Field(default=0.5, gt=0, le=10, description="bound on every Redis call")
+    lease_ttl_secs: float = Field(
+        default=15.0,
+        ge=1,
+        le=600,
+        description="a session's slot expires this long after its replica last renewed it (every third)",
+    )
     token_secret: SecretStr | None = Field(default=None, description="unset = generated, kept in data_dir")
     token_ttl_secs: float = Field(default=60.0, gt=0, le=3600)
     metrics_port: int | None = Field(

@@ -2,8 +2,9 @@
 
 ``/start`` mints one per session; the WebSocket upgrade presents it. They are JWTs (HS256, PyJWT) so
 any replica holding the secret can verify them; the algorithm is pinned, so ``alg=none`` and
-algorithm-confusion tokens are refused. Single use is enforced by remembering each token's ``jti``
-until it expires (per process; scale-out needs a shared replay store).
+algorithm-confusion tokens are refused. Single use is not checked here but by the session registry
+(``gateway.cluster``), which remembers each spent ``jti`` until the token expires — in this process,
+or in Redis for every replica.
 """
 
 from __future__ import annotations
@@ -55,7 +56,6 @@ class SessionTokens:
         self._secret = secret
         self._ttl = ttl_secs
         self._clock = clock
-        self._used: dict[str, float] = {}
 
     def issue(
         self,
@@ -85,7 +85,7 @@ class SessionTokens:
         return jwt.encode(payload, self._secret, algorithm=ALGORITHM), claims
 
     def verify(self, token: str) -> SessionClaims:
-        """Check signature, expiry and single use; consumes the token."""
+        """Check signature, audience and expiry (single use: ``SessionRegistry.spend_token``)."""
         try:
             payload = jwt.decode(
                 token,
@@ -102,10 +102,6 @@ class SessionTokens:
         if float(payload["exp"]) <= now:
             raise TokenError("ExpiredSignatureError")
         jti = str(payload["jti"])
-        self._prune(now)
-        if jti in self._used:
-            raise TokenError("replayed")
-        self._used[jti] = float(payload["exp"])
         tenant = payload.get("ten")
         if not isinstance(tenant, str) or not tenant:
             raise TokenError("no tenant")
@@ -118,7 +114,3 @@ class SessionTokens:
             serializer=payload.get("ser"),
             expires_at=float(payload["exp"]),
         )
-
-    def _prune(self, now: float) -> None:
-        if len(self._used) > 1024:
-            self._used = {k: exp for k, exp in self._used.items() if exp > now}

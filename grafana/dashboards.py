@@ -438,6 +438,26 @@ def overview() -> dashboard.Dashboard:
         ),
         build_info_table(),
     )
+
+    board.row("Cluster state (Redis)")
+    board.add(
+        series(
+            "Replicas reaching Redis",
+            "gateway_redis_up per replica (1 = its last Redis call succeeded). While a replica cannot "
+            "reach Redis it refuses new sessions (503 / 1013 cluster_unavailable); live sessions go on. "
+            "No series: the gateway runs without Redis (one replica).",
+            [("sum(gateway_redis_up)", "up"), ("count(gateway_redis_up) - sum(gateway_redis_up)", "down")],
+            unit="short",
+            stacked=True,
+        ),
+        series(
+            "Redis errors / s by operation",
+            "Failed or timed-out Redis calls: acquire / release / renew (session leases), spend_token, "
+            "start_rate (falls back to the replica's own bucket), ping.",
+            [(sum_rate("gateway_redis_errors_total", ["operation"]), "{{operation}}")],
+            unit="ops",
+        ),
+    )
     return board.builder
 
 

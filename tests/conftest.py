@@ -23,7 +23,8 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import generate_latest
 from pydantic import SecretStr
 
-from gateway.app import backends_key, create_app, server_options, state_key
+from gateway.app import create_app, server_options
+from gateway.keys import backends_key, registry_key
 from gateway.logging import configure_logging
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
@@ -158,17 +159,17 @@ class RunningGateway:
 
     async def settle_sessions(self, live: int, timeout: float = 15.0) -> None:
         """Wait until exactly ``live`` sessions are running."""
-        state = self.app[state_key]
+        registry = self.app[registry_key]
         async with asyncio.timeout(timeout):
-            while sum(state.active_by_tenant.values()) != live:
+            while registry.held() != live:
                 await asyncio.sleep(0.02)
 
     async def settle(self, timeout: float = 15.0) -> None:
         """Wait until no session is live and every memory write has landed."""
-        state = self.app[state_key]
+        registry = self.app[registry_key]
         backends = self.app[backends_key]
         async with asyncio.timeout(timeout):
-            while len(state.sessions) or sum(state.active_by_tenant.values()) or backends.pending_writes():
+            while len(registry.sessions) or registry.held() or backends.pending_writes():
                 await asyncio.sleep(0.02)
 
 

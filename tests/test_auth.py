@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.app import tenants_key
+from gateway.keys import tenants_key
 from gateway.tenants import hash_key, new_key
 from tests.clients import refusal_code
 from tests.conftest import GatewayFactory, RunningGateway, unique

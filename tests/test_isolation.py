@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.app import settings_key
+from gateway.keys import settings_key
 from memory.backends import table_name
 from tests.conftest import GatewayFactory, RunningGateway, unique
 from tests.fake_llm import FakeLLM

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.app import deps_key
+from gateway.keys import deps_key
 from gateway.llm import OpenAIClients, create_http_client
 from tests.conftest import RunningGateway
 

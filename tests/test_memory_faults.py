@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.app import backends_key, tenants_key
+from gateway.keys import backends_key, tenants_key
 from memory.scope import MemoryScope
 from tests.conftest import GatewayFactory, RunningGateway
 from tests.faults import PostgresProxy, unix_socket_of

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.app import state_key
+from gateway.keys import registry_key
 from tests.conftest import RunningGateway
 
 
@@ -40,7 +40,7 @@ async def test_two_sessions_give_greeting_count_two_and_no_ids_or_text(gateway: 
     assert gateway.sample("gateway_ws_messages_total", tenant=gateway.tenant, direction="in") >= 2
     for needle in ("metric-user", "agent-x", "run-metric", "secret sentence", *session_ids):
         assert needle not in text
-    assert not gateway.app[state_key].sessions
+    assert not gateway.app[registry_key].sessions
 
 
 async def test_metrics_expose_build_info_and_health_endpoints_answer(gateway: RunningGateway) -> None:
@@ -49,4 +49,4 @@ async def test_metrics_expose_build_info_and_health_endpoints_answer(gateway: Ru
     async with gateway.http.get(f"{gateway.url}/healthz") as resp:
         assert resp.status == 200
     async with gateway.http.get(f"{gateway.url}/readyz") as resp:
-        assert resp.status == 200 and (await resp.json()) == {"ready": True}
+        assert resp.status == 200 and (await resp.json()) == {"ready": True, "sessions": "ok"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.app import backends_key, tenants_key
+from gateway.keys import backends_key, tenants_key
 from memory.scope import MemoryScope
 from tests.clients import send_text
 from tests.conftest import GatewayFactory

@@ -6,7 +6,7 @@ from __future__ import annotations
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.app import metrics_runner_key
+from gateway.keys import metrics_runner_key
 from tests.conftest import GatewayFactory, RunningGateway, unique
 
 CONTRACT = {

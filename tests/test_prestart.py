@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.app import state_key
+from gateway.keys import registry_key
 from tests.clients import WireClient
 from tests.conftest import GatewayFactory, RunningGateway
 
@@ -17,15 +17,15 @@ async def _ws(gateway: RunningGateway, url: str, serializer: str) -> WireClient:
 
 async def test_start_starts_the_session_before_the_client_connects(gateway: RunningGateway) -> None:
     started = await gateway.start(user_id="early", serializer="rtvi")
-    state = gateway.app[state_key]
-    assert len(state.pending) == 1 and state.active_by_tenant[gateway.tenant] == 1
+    registry = gateway.app[registry_key]
+    assert len(registry.pending) == 1 and registry.active(gateway.tenant) == 1
     # Not a session yet for the dashboards: nothing is connected.
     assert gateway.sample("gateway_sessions_active", tenant=gateway.tenant) == 0
 
     client = await _ws(gateway, (await started.json())["wsUrl"], "rtvi")
     assert "nice to meet you" in (await client.bot_turn()).lower()
     assert await client.say("hello there") == "I heard: hello there"
-    assert not state.pending
+    assert not registry.pending
     assert gateway.sample("gateway_sessions_active", tenant=gateway.tenant) == 1
 
 
@@ -54,14 +54,14 @@ async def test_a_client_choosing_another_serializer_at_connect_gets_a_session_in
     client = await _ws(gateway, url, "protobuf")
     assert "nice to meet you" in (await client.bot_turn()).lower()
     assert await client.say("binary please") == "I heard: binary please"
-    assert gateway.app[state_key].active_by_tenant["switch"] == 1
+    assert gateway.app[registry_key].active("switch") == 1
 
 
 async def test_draining_ends_sessions_still_waiting_for_their_client(gateway: RunningGateway) -> None:
     await gateway.start(user_id="never", serializer="rtvi")
-    state = gateway.app[state_key]
-    assert state.pending
+    registry = gateway.app[registry_key]
+    assert registry.pending
     await gateway.server.close()
     async with asyncio.timeout(5):
-        while state.pending or state.active_by_tenant.get(gateway.tenant):
+        while registry.pending or registry.active(gateway.tenant):
             await asyncio.sleep(0.02)

@@ -6,7 +6,7 @@ import asyncio
 
 import psycopg
 
-from gateway.app import state_key
+from gateway.keys import registry_key
 from memory.backends import table_name
 from tests.conftest import RunningGateway
 
@@ -36,7 +36,7 @@ async def test_shutdown_closes_live_sessions_with_1001_and_keeps_their_words(
 
 
 async def test_draining_gateway_refuses_new_sessions_with_503(gateway: RunningGateway) -> None:
-    gateway.app[state_key].draining = True
+    gateway.app[registry_key].begin_drain()
     resp = await gateway.start(user_id="late")
     assert resp.status == 503
     async with gateway.http.get(f"{gateway.url}/readyz") as ready:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from gateway.app import backends_key, tenants_key
+from gateway.keys import backends_key, tenants_key
 from memory.scope import MemoryScope
 from tests.conftest import RunningGateway
 from tests.fake_llm import FakeLLM

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.app import create_app, settings_key
+from gateway.app import create_app
 from gateway.cli import main
+from gateway.keys import settings_key
 from gateway.settings import Settings
 from gateway.tenants import TenantFileError, TenantRegistry
 from tests.clients import refusal_code

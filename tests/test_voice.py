@@ -31,7 +31,7 @@ from pipecat.frames.frames import InputAudioRawFrame, OutputAudioRawFrame
 from pipecat.services.openai.tts import VALID_VOICES
 from pydantic import ValidationError
 
-from gateway.app import backends_key, tenants_key
+from gateway.keys import backends_key, tenants_key
 from gateway.tenants import OpenAIVoice, TenantConfig, TenantFileError, TenantRegistry
 from gateway.voice import VoiceModels
 from memory.scope import MemoryScope

@@ -1,0 +1,271 @@
+"""Cluster-wide session state in Redis (``GATEWAY_REDIS_URL``), shared by every replica.
+
+Keys (``<p>`` is ``GATEWAY_REDIS_PREFIX``, default ``mgw``; ``{tenant}`` is a Redis Cluster hash tag,
+so one tenant's keys share a slot and its scripts may touch them together):
+
+``<p>:{<tenant>}:leases``   sorted set: session ID → lease expiry (ms, Redis server clock)
+``<p>:{<tenant>}:holders``  hash: session ID → holder (``<replica>:<nonce>``)
+``<p>:{<tenant>}:start``    hash: the ``/start`` token bucket (``tokens``, ``ts``)
+``<p>:jti:<token ID>``      a spent token, expiring when the token does
+
+Every check-and-update is one Lua script, so concurrent replicas cannot overshoot; scripts read the time
+from Redis (``TIME``), so replicas' clocks don't matter. A live replica renews its leases every third of
+``GATEWAY_LEASE_TTL_SECS`` (default 15 s); a replica that dies stops renewing and its leases expire
+within the TTL, giving the tenant its capacity back.
+
+When Redis cannot be reached (each call is bounded by ``GATEWAY_REDIS_TIMEOUT_SECS``), per check:
+
+* **token single use: fails closed.** A connect is refused (1013, ``cluster_unavailable``): admitting a
+  token we cannot mark spent would let it open a second session on another replica.
+* **concurrent-session limit: fails closed.** ``/start`` answers 503 (``cluster_unavailable``,
+  ``Retry-After``): the limit is the tenant's contract (and bill); admitting blind would put N times the
+  limit behind N replicas, the very thing this module exists to prevent.
+* **``/start`` rate: fails open to this replica's own bucket.** The bucket guards the gateway from one
+  tenant's burst; each replica's bucket still does that for its own event loop and memory.
+* **live sessions continue**; their leases are renewed again once Redis is back (a lease that expired
+  meanwhile is re-added, even if that puts the tenant over its limit for a moment).
+
+Each failure counts in ``gateway_redis_errors_total{operation}``; ``gateway_redis_up`` is 0 while the
+last call failed, and the transition is logged once (``redis.unavailable`` / ``redis.recovered``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from gateway.cluster.registry import ClusterUnavailable, Lease, SessionRegistry
+from gateway.limits import RateLimiter
+from gateway.logging import get_logger
+from gateway.tenants import TenantConfig
+from gateway.tokens import SessionClaims
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+_NOW_MS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: leases, holders. ARGV: session ID, holder, limit, ttl ms. Returns 1 if held now, else 0.
+ACQUIRE = (
+    _NOW_MS
+    + """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  for i = 1, #expired do redis.call('HDEL', KEYS[2], expired[i]) end
+end
+local ttl = tonumber(ARGV[4])
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+return 1
+"""
+)
+
+# KEYS: leases, holders. ARGV: session ID, holder. Frees the lease only if this holder holds it.
+RELEASE = """
+if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# KEYS: leases, holders. ARGV: ttl ms, then (session ID, holder) pairs. For each: 1 renewed (or re-added
+# after it expired), 0 taken over by another holder (no longer ours to renew).
+RENEW = (
+    _NOW_MS
+    + """
+local ttl = tonumber(ARGV[1])
+local out = {}
+for i = 2, #ARGV, 2 do
+  local owner = redis.call('HGET', KEYS[2], ARGV[i])
+  if owner == false or owner == ARGV[i + 1] then
+    redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+return out
+"""
+)
+
+# KEYS: bucket. ARGV: per second, burst. Returns the seconds to wait (as a string), "0" if granted.
+TAKE_START = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens'))
+local ts = tonumber(redis.call('HGET', KEYS[1], 'ts'))
+if tokens == nil or ts == nil then tokens, ts = burst, now end
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return tostring(wait)
+"""
+
+
+class RedisRegistry(SessionRegistry):
+    """Leases, spent tokens and ``/start`` buckets in Redis; sessions themselves stay in this process."""
+
+    backend = "redis"
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        prefix: str = "mgw",
+        lease_ttl_secs: float = 15.0,
+        timeout_secs: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._prefix = prefix
+        self._ttl_ms = int(lease_ttl_secs * 1000)
+        self._timeout = timeout_secs
+        # One attempt per call (no hidden retries with backoff): the caller's check decides what a
+        # failure means, and the call must return within its timeout.
+        self._redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout_secs,
+            socket_connect_timeout=timeout_secs,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=30,
+            decode_responses=True,
+        )
+        self._acquire_script = self._redis.register_script(ACQUIRE)
+        self._release_script = self._redis.register_script(RELEASE)
+        self._renew_script = self._redis.register_script(RENEW)
+        self._start_script = self._redis.register_script(TAKE_START)
+        self._fallback = RateLimiter(clock=self._clock)
+        self._up = True
+        self._renewer: asyncio.Task[None] | None = None
+        self._metrics.redis_up.set(1)
+
+    def _key(self, tenant: str, what: str) -> str:
+        return f"{self._prefix}:{{{tenant}}}:{what}"
+
+    async def _call(self, operation: str, call: Awaitable[T]) -> T:
+        """One Redis round trip under the timeout; failures are counted and raise ``ClusterUnavailable``."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                result = await call
+        except (RedisError, OSError, TimeoutError) as e:
+            self._metrics.redis_errors_total.labels(operation).inc()
+            if self._up:
+                self._up = False
+                self._metrics.redis_up.set(0)
+                log.error("redis.unavailable", operation=operation, error=type(e).__name__)
+            raise ClusterUnavailable(operation) from e
+        if not self._up:
+            self._up = True
+            self._metrics.redis_up.set(1)
+            log.info("redis.recovered", operation=operation)
+        return result
+
+    def status(self) -> str:
+        return "ok" if self._up else "redis_unavailable"
+
+    async def _acquire(self, tenant: TenantConfig, lease: Lease) -> bool:
+        keys = [self._key(tenant.name, "leases"), self._key(tenant.name, "holders")]
+        args: list[str | int] = [lease.session_id, lease.holder, tenant.max_sessions, self._ttl_ms]
+        return int(await self._call("acquire", self._acquire_script(keys=keys, args=args))) == 1
+
+    async def _release(self, lease: Lease) -> None:
+        keys = [self._key(lease.tenant, "leases"), self._key(lease.tenant, "holders")]
+        await self._call("release", self._release_script(keys=keys, args=[lease.session_id, lease.holder]))
+
+    async def _spend(self, claims: SessionClaims) -> bool:
+        key = f"{self._prefix}:jti:{claims.session_id}"
+        # The key lives as long as the token; a later presentation finds it.
+        expires_ms = max(int(claims.expires_at * 1000), 1)
+        fresh = await self._call("spend_token", self._redis.set(key, "1", nx=True, pxat=expires_ms))
+        return bool(fresh)
+
+    async def _take_start(self, tenant: TenantConfig) -> int:
+        rate = tenant.start_rate
+        try:
+            wait = float(
+                await self._call(
+                    "start_rate",
+                    self._start_script(
+                        keys=[self._key(tenant.name, "start")], args=[rate.per_second, rate.burst]
+                    ),
+                )
+            )
+        except ClusterUnavailable:
+            return self._fallback.acquire(tenant.name, rate)  # fails open, to this replica's bucket
+        return 0 if wait <= 0 else max(1, math.ceil(wait))
+
+    async def renew(self) -> int:
+        """Renew every lease this replica holds (one script per tenant); returns how many it renewed.
+
+        A lease another holder took over (its session was rebuilt elsewhere) is dropped from ours.
+        """
+        renewed = 0
+        by_tenant: dict[str, list[Lease]] = {}
+        for lease in self._held_leases():
+            by_tenant.setdefault(lease.tenant, []).append(lease)
+        for tenant, leases in by_tenant.items():
+            args: list[Any] = [self._ttl_ms]
+            for lease in leases:
+                args += [lease.session_id, lease.holder]
+            keys = [self._key(tenant, "leases"), self._key(tenant, "holders")]
+            flags = await self._call("renew", self._renew_script(keys=keys, args=args))
+            for lease, flag in zip(leases, flags, strict=True):
+                if int(flag):
+                    renewed += 1
+                else:
+                    lease.released = True  # another replica's now; nothing of ours to free
+                    self._local.leases.get(tenant, {}).pop(lease.session_id, None)
+        return renewed
+
+    async def _renew_forever(self) -> None:
+        every = self._ttl_ms / 3000
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.renew()
+            except ClusterUnavailable:
+                pass  # counted and logged by _call; live sessions go on, renewed when Redis is back
+            except Exception:
+                log.exception("redis.renew_failed")
+
+    async def start(self) -> None:
+        try:
+            await self._call("ping", self._redis.ping())
+            log.info("redis.ready", lease_ttl_secs=self._ttl_ms / 1000)
+        except ClusterUnavailable:
+            pass  # start anyway: new sessions wait for Redis, the rest of the gateway works
+        self._renewer = asyncio.create_task(self._renew_forever(), name="lease-renewal")
+
+    async def close(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+        for lease in self._held_leases():
+            await self.release(lease)
+        await self._redis.aclose()

@@ -1,0 +1,344 @@
+"""The one owner of the session lifecycle: reserve, prestart, claim by token, run, release, drain.
+
+Routes call a ``SessionRegistry``; nothing else takes or frees a tenant's slot. What must hold across
+replicas — a tenant's concurrent sessions, single use of a token, the ``/start`` rate — goes through
+four primitives that each implementation provides (``_acquire``, ``_release``, ``_spend`` and
+``_take_start``): ``InProcessRegistry`` keeps them in this process (the embedded default, one
+replica), ``gateway.cluster.redis.RedisRegistry`` in Redis, shared by every replica. What only this
+process can hold — sessions started at ``/start`` waiting for their socket, greeting prefetches, the
+tasks that run sessions — lives here in both cases.
+
+A slot is a **lease** named by the session ID. Whoever builds the session for a token holds it: a
+connect that replaces a session started at ``/start`` (another serializer, or another replica) takes
+the started session's lease over instead of taking a second one, and the started session's release
+then frees nothing. Each lease is released exactly once, by the task that runs its session.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from gateway import closecodes
+from gateway.limits import RateLimiter
+from gateway.logging import get_logger
+from gateway.metrics import GatewayMetrics
+from gateway.tenants import TenantConfig
+from gateway.tokens import SessionClaims
+
+if TYPE_CHECKING:
+    from gateway.session import Session
+
+log = get_logger(__name__)
+
+
+class ClusterUnavailable(Exception):
+    """The shared session state cannot be reached; the check it guards fails closed."""
+
+
+@dataclass(eq=False)
+class Lease:
+    """One of a tenant's concurrent-session slots, held for one session ID by one holder."""
+
+    tenant: str
+    session_id: str
+    holder: str
+    released: bool = False
+
+
+@dataclass
+class PendingSession:
+    """A session started at ``/start``, waiting for its client; ``task`` runs it to the end."""
+
+    session: Session
+    lease: Lease
+    task: asyncio.Task[str]
+
+
+@dataclass
+class Prefetch:
+    task: asyncio.Task[object]
+    expires_at: float
+
+
+@dataclass
+class _Local:
+    """This process's share: what it holds and runs. Mutated only through the registry."""
+
+    leases: dict[str, dict[str, Lease]] = field(default_factory=dict)  # tenant -> session ID -> lease
+    pending: dict[str, PendingSession] = field(default_factory=dict)
+    prefetches: dict[str, Prefetch] = field(default_factory=dict)
+    sessions: weakref.WeakSet[Session] = field(default_factory=weakref.WeakSet)
+    tasks: set[asyncio.Task[str]] = field(default_factory=set)
+
+
+class SessionRegistry(abc.ABC):
+    """Owner of every session of this process and of its share of the cluster-wide limits."""
+
+    backend = "abstract"
+
+    def __init__(
+        self,
+        *,
+        metrics: GatewayMetrics,
+        start_concurrency: int = 8,
+        prefetch_ttl_secs: float = 120.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._metrics = metrics
+        self._clock = clock or (lambda: asyncio.get_running_loop().time())
+        self._prefetch_ttl = prefetch_ttl_secs
+        self._starting = asyncio.Semaphore(start_concurrency)
+        self._local = _Local()
+        self._draining = False
+        # Each replica's own name: part of every lease holder, so a log line or a Redis key says who.
+        self.replica_id = uuid.uuid4().hex[:12]
+
+    # -- what an implementation provides ------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _acquire(self, tenant: TenantConfig, lease: Lease) -> bool:
+        """Take ``lease`` if the tenant is below its limit or the session ID already holds one (then
+        the lease is taken over); False when at the limit."""
+
+    @abc.abstractmethod
+    async def _release(self, lease: Lease) -> None:
+        """Free the lease if ``lease.holder`` still holds it."""
+
+    @abc.abstractmethod
+    async def _spend(self, claims: SessionClaims) -> bool:
+        """Mark the token's ID used until it expires; False if it was used already."""
+
+    @abc.abstractmethod
+    async def _take_start(self, tenant: TenantConfig) -> int:
+        """One ``/start`` from the tenant's bucket: 0, or the ``Retry-After`` seconds."""
+
+    async def start(self) -> None:  # noqa: B027 (optional hook)
+        """Connect to shared state, start background work (lease renewal)."""
+
+    async def close(self) -> None:  # noqa: B027 (optional hook)
+        """Release what is still held and disconnect."""
+
+    def status(self) -> str:
+        """``ok``, or why the shared state is degraded (for ``/readyz``)."""
+        return "ok"
+
+    # -- slots --------------------------------------------------------------------------------------
+
+    async def reserve(self, tenant: TenantConfig, session_id: str) -> Lease | None:
+        """A slot for the session, or None when the tenant is at its limit (everywhere).
+
+        Raises ``ClusterUnavailable`` when the limit cannot be checked.
+        """
+        lease = Lease(tenant.name, session_id, f"{self.replica_id}:{uuid.uuid4().hex[:8]}")
+        if not await self._acquire(tenant, lease):
+            return None
+        self._local.leases.setdefault(tenant.name, {})[session_id] = lease
+        return lease
+
+    async def release(self, lease: Lease) -> None:
+        """Give the slot back (idempotent: only the first call frees anything)."""
+        if lease.released:
+            return
+        lease.released = True
+        held = self._local.leases.get(lease.tenant, {})
+        if held.get(lease.session_id) is lease:
+            del held[lease.session_id]
+            if not held:
+                self._local.leases.pop(lease.tenant, None)
+        try:
+            await self._release(lease)
+        except ClusterUnavailable:
+            # Redis: the lease expires on its own within its TTL, as a dead replica's would.
+            log.warning("registry.release_failed")
+
+    def _hand_over(self, pending: PendingSession) -> Lease:
+        """The started session's lease, for the session that replaces it (same session ID, same
+        holder): the started session's own release becomes a no-op."""
+        old = pending.lease
+        new = Lease(old.tenant, old.session_id, old.holder)
+        old.released = True
+        self._local.leases.setdefault(new.tenant, {})[new.session_id] = new
+        return new
+
+    def active(self, tenant: str) -> int:
+        """Slots this process holds for the tenant (live and started sessions)."""
+        return len(self._local.leases.get(tenant, {}))
+
+    def held(self) -> int:
+        return sum(len(held) for held in self._local.leases.values())
+
+    def _held_leases(self) -> list[Lease]:
+        return [lease for held in self._local.leases.values() for lease in held.values()]
+
+    # -- tokens and rates ---------------------------------------------------------------------------
+
+    async def spend_token(self, claims: SessionClaims) -> bool:
+        """Single use: True the first time a token's ID is presented anywhere, False after.
+
+        Raises ``ClusterUnavailable`` when that cannot be known (fails closed).
+        """
+        return await self._spend(claims)
+
+    async def allow_start(self, tenant: TenantConfig) -> int:
+        """``/start`` rate: 0 when the request may proceed, else its ``Retry-After`` in seconds."""
+        return await self._take_start(tenant)
+
+    # -- sessions of this process -------------------------------------------------------------------
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
+    def sessions(self) -> weakref.WeakSet[Session]:
+        return self._local.sessions
+
+    @property
+    def pending(self) -> dict[str, PendingSession]:
+        return self._local.pending
+
+    def hold_prefetch(self, session_id: str, task: asyncio.Task[Any]) -> None:
+        """Keep a greeting's memory listing for the connect that will present this session's token."""
+        now = self._clock()
+        prefetches = self._local.prefetches
+        # Same TTL for all, in insertion order: expired entries are at the front.
+        while prefetches:
+            sid, entry = next(iter(prefetches.items()))
+            if entry.expires_at > now:
+                break
+            entry.task.cancel()
+            del prefetches[sid]
+        prefetches[session_id] = Prefetch(task=task, expires_at=now + self._prefetch_ttl)
+
+    def take_prefetch(self, session_id: str) -> asyncio.Task[Any] | None:
+        entry = self._local.prefetches.pop(session_id, None)
+        return entry.task if entry is not None else None
+
+    def prestart(self, session: Session, lease: Lease, after: asyncio.Task[Any] | None, wait: float) -> None:
+        """Run a session started at ``/start`` until its client claims it or it ends unclaimed."""
+        self._local.sessions.add(session)  # from now on, draining closes it too
+        task = asyncio.create_task(self.run(session, lease, after=after, wait=wait), name="session")
+        entry = PendingSession(session=session, lease=lease, task=task)
+        self._local.pending[session.id] = entry
+        self._local.tasks.add(task)
+        task.add_done_callback(self._local.tasks.discard)
+        task.add_done_callback(lambda _: self._drop_pending(entry))
+
+    def _drop_pending(self, entry: PendingSession) -> None:
+        if self._local.pending.get(entry.session.id) is entry:
+            del self._local.pending[entry.session.id]
+
+    async def claim(self, session_id: str, serializer: str) -> tuple[PendingSession | None, Lease | None]:
+        """The started session for a token just spent, if it is here and speaks ``serializer``.
+
+        Otherwise, if one was started here, it is closed and its lease is handed over (second value)
+        for the session the caller builds instead: one slot, accounted once.
+        """
+        pending = self._local.pending.pop(session_id, None)
+        if pending is None:
+            return None, None
+        if not pending.task.done() and pending.session.serializer == serializer:
+            return pending, None
+        lease = None if pending.task.done() else self._hand_over(pending)
+        await pending.session.close(closecodes.NORMAL, "replaced")
+        return None, lease
+
+    async def run(
+        self, session: Session, lease: Lease, after: asyncio.Task[Any] | None = None, wait: float = 0.0
+    ) -> str:
+        """Run one session to its end, then release its lease.
+
+        ``after``: when pipelines are already starting at the ``start_concurrency`` limit, let this task
+        (the greeting's memory listing, one indexed query on this loop) finish first, for at most
+        ``wait`` seconds. In a reconnect storm that keeps hundreds of pipelines starting at once from
+        starving the listings, which would otherwise miss the greeting deadline and greet everyone
+        generically. With a free start slot the pipeline starts at once: the query is in flight in
+        PostgreSQL meanwhile, and waiting for it would put its round trip on the way to the greeting.
+        """
+        self._local.sessions.add(session)
+        try:
+            if after is not None and self._starting.locked():
+                await asyncio.wait({after}, timeout=wait)
+            run: asyncio.Future[str] | None = None
+            try:
+                async with self._starting:
+                    # A start slot is held only until the pipeline is up: a burst of connects starts a
+                    # few pipelines at a time, in arrival order, instead of all of them at once.
+                    if session.closed:
+                        return "shutdown"
+                    run = asyncio.ensure_future(session.run())
+                    started = asyncio.ensure_future(session.started())
+                    try:
+                        await asyncio.wait({run, started}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        started.cancel()
+                return await run
+            except asyncio.CancelledError:
+                if run is not None:
+                    run.cancel()
+                raise
+        finally:
+            self._local.sessions.discard(session)
+            await self.release(lease)
+
+    def begin_drain(self) -> None:
+        self._draining = True
+
+    async def drain(self, grace: float) -> None:
+        """Stop admitting, close every live session with 1001, wait up to ``grace`` for them to store
+        their last words and give their leases back."""
+        self._draining = True
+        sessions = list(self._local.sessions)
+        log.info("gateway.draining", sessions=len(sessions))
+        await asyncio.gather(
+            *(s.close(closecodes.GOING_AWAY, "server shutting down") for s in sessions),
+            return_exceptions=True,
+        )
+        if self._local.tasks:
+            await asyncio.wait(set(self._local.tasks), timeout=grace)
+        for entry in self._local.prefetches.values():
+            entry.task.cancel()
+        self._local.prefetches.clear()
+
+
+class InProcessRegistry(SessionRegistry):
+    """Everything in this process: right for one replica (the embedded default)."""
+
+    backend = "in_process"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._holders: dict[str, dict[str, str]] = {}  # tenant -> session ID -> holder
+        self._used: dict[str, float] = {}  # token ID -> its expiry (wall clock)
+        self._limiter = RateLimiter(clock=self._clock)
+
+    async def _acquire(self, tenant: TenantConfig, lease: Lease) -> bool:
+        holders = self._holders.setdefault(tenant.name, {})
+        if lease.session_id not in holders and len(holders) >= tenant.max_sessions:
+            return False
+        holders[lease.session_id] = lease.holder
+        return True
+
+    async def _release(self, lease: Lease) -> None:
+        holders = self._holders.get(lease.tenant, {})
+        if holders.get(lease.session_id) == lease.holder:
+            del holders[lease.session_id]
+
+    async def _spend(self, claims: SessionClaims) -> bool:
+        now = time.time()
+        if len(self._used) > 1024:
+            self._used = {k: exp for k, exp in self._used.items() if exp > now}
+        if claims.session_id in self._used:
+            return False
+        self._used[claims.session_id] = claims.expires_at
+        return True
+
+    async def _take_start(self, tenant: TenantConfig) -> int:
+        return self._limiter.acquire(tenant.name, tenant.start_rate)

@@ -10,6 +10,10 @@ JSON line each:
   answers ``{"event": "sessions", "live": counted, "ok": bool}``.
 * ``{"cmd": "rss", "settle": S}`` — ``gc.collect()``, wait S seconds, collect again; answers
   ``{"event": "rss", "rss_mib": VmRSS, "gc_objects": tracked objects}``.
+* ``{"cmd": "sample", "settle": S, "timeout": T}`` — wait (up to T) until no session is live and no
+  memory write is queued, then as ``rss``; answers ``{"event": "sample", "settled": bool, "rss_mib",
+  "fds": entries of /proc/self/fd, "tasks": len(asyncio.all_tasks()), "task_names": {name: count},
+  "threads", "gc_objects", "sessions": live}`` (the soak's leak probes).
 
 It stops when stdin closes.
 """
@@ -69,8 +73,56 @@ async def _serve() -> None:
                 await asyncio.sleep(float(command["settle"]))
                 gc.collect()
                 _emit("rss", rss_mib=rss_mib(), gc_objects=len(gc.get_objects()))
+            elif command["cmd"] == "sample":
+                settled = await _settled(gw.app, float(command["timeout"]))
+                gc.collect()
+                await asyncio.sleep(float(command["settle"]))
+                gc.collect()
+                _emit("sample", settled=settled, **_probe(registry))
             else:
                 raise SystemExit(f"unknown command {command['cmd']!r}")
+
+
+async def _settled(app: Any, timeout: float) -> bool:
+    """Wait until no session is live or held and every queued memory write has landed."""
+    from gateway.keys import backends_key, registry_key
+
+    registry, backends = app[registry_key], app[backends_key]
+    deadline = time.monotonic() + timeout
+    while len(registry.sessions) or registry.held() or backends.pending_writes():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+def _probe(registry: Any) -> dict[str, Any]:
+    """What a leak would grow: RSS, open fds, the loop's tasks (by name), threads, GC objects."""
+    import collections
+    import threading
+
+    from bench.loadrun import rss_mib
+
+    tasks = asyncio.all_tasks()
+    names = collections.Counter(_task_name(task) for task in tasks)
+    return {
+        "rss_mib": rss_mib(),
+        "fds": len(os.listdir("/proc/self/fd")),
+        "tasks": len(tasks),
+        "task_names": dict(names.most_common()),
+        "threads": threading.active_count(),
+        "gc_objects": len(gc.get_objects()),
+        "sessions": len(registry.sessions),
+    }
+
+
+def _task_name(task: asyncio.Task[Any]) -> str:
+    """A task's name, or its coroutine's qualified name for the default ``Task-<n>`` names."""
+    name = task.get_name()
+    if name.startswith("Task-"):
+        coro = task.get_coro()
+        return getattr(coro, "__qualname__", type(coro).__name__)
+    return name
 
 
 if __name__ == "__main__":

@@ -709,3 +709,67 @@ async def echo_floor(n: int, warmup: int = 5) -> list[float]:
         for _ in range(warmup):
             await echo_once(http, ws_url)
         return [await echo_once(http, ws_url) for _ in range(n)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Redis (the cluster registry's shared state)
+# --------------------------------------------------------------------------------------------------
+
+
+def redis_server_path() -> str | None:
+    """Debian's ``redis-server`` executable, or None when it is not installed."""
+    return shutil.which("redis-server")
+
+
+@asynccontextmanager
+async def start_redis_server(timeout: float = 10.0) -> AsyncIterator[str]:
+    """A ``redis-server`` of this run's own on a free loopback port, no persistence (``--save ""
+    --appendonly no``), in a temp dir; yields its ``redis://`` URL and stops it on exit.
+
+    Raises ``FileNotFoundError`` when ``redis-server`` is not installed (check ``redis_server_path()``).
+    """
+    import socket
+
+    exe = redis_server_path()
+    if exe is None:
+        raise FileNotFoundError("redis-server is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    workdir = Path(tempfile.mkdtemp(prefix="mgw-bredis-"))
+    proc = await asyncio.create_subprocess_exec(
+        exe,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        cwd=str(workdir),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                await writer.wait_closed()
+                break
+            except OSError:
+                if proc.returncode is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not listen on port {port}") from None
+                await asyncio.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)

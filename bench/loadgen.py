@@ -25,7 +25,10 @@ Two roles, each a small line-oriented JSON protocol over stdin/stdout so the ben
     ``{"cmd": "greet", "url", "key", "user_id"}`` (``POST /start`` → greeting: ``total``, ``connect``,
     ``text``), ``{"cmd": "ws_greeting", "ws_url"}`` (connect → first bot turn: ``seconds``, ``text``),
     ``{"cmd": "echo", "ws_url"}`` and ``{"cmd": "post_echo", "base", "ws_url"}`` (``seconds``). A failed
-    sample answers ``error``.
+    sample answers ``error``. ``{"cmd": "soak", "url", "key", "user_prefix", "first", "count"}`` runs
+    ``count`` whole sessions one after another (``POST /start``, WebSocket, ``client-ready``, greeting,
+    one ``send-text`` turn and its reply, close; users ``<user_prefix><first + i>``), with progress
+    lines, and answers ``seconds`` (each session's), ``wall_secs`` and ``errors`` (kind → count).
 
 Everything targets loopback only, and every wait has a deadline, so a stuck gateway ends a command with
 counted errors rather than a hang.
@@ -320,10 +323,44 @@ def _loopback(url: str) -> str:
     return url
 
 
+async def _soak(http: aiohttp.ClientSession, command: dict[str, Any]) -> dict[str, Any]:
+    """``count`` sequential whole sessions: each ``/start``, connect, greeting, one turn, close."""
+    from bench.harness import read_bot_turn, say_timed, start_session
+
+    url, key = _loopback(command["url"]), command["key"]
+    prefix, first, count = str(command["user_prefix"]), int(command["first"]), int(command["count"])
+    errors: Counter[str] = Counter()
+    seconds: list[float] = []
+    every = max(1, count // 100)
+    began = time.perf_counter()
+    for i in range(count):
+        user = f"{prefix}{first + i}"
+        started = time.perf_counter()
+        try:
+            ws_url = await start_session(http, url, key, user)
+            async with http.ws_connect(ws_url, timeout=aiohttp.ClientWSTimeout(ws_close=5.0)) as ws:
+                await ws.send_str(_rtvi("client-ready", {"version": "2.0.0", "about": {"library": "bench"}}))
+                await read_bot_turn(ws, 30.0)
+                text = f"soak turn of {user}"
+                _, reply = await say_timed(ws, text, 30.0)
+                if reply != f"I heard: {text}":
+                    errors["turn_wrong_reply"] += 1
+            seconds.append(time.perf_counter() - started)
+        except TimeoutError:
+            errors["timeout"] += 1
+        except (aiohttp.ClientError, ConnectionError, RuntimeError, OSError, ValueError) as e:
+            errors[type(e).__name__] += 1
+        if (i + 1) % every == 0 or i + 1 == count:
+            _emit("progress", done=i + 1, total=count)
+    return {"seconds": seconds, "wall_secs": time.perf_counter() - began, "errors": dict(errors)}
+
+
 async def _time(http: aiohttp.ClientSession, command: dict[str, Any]) -> dict[str, Any]:
     from bench.harness import echo_once, greet_timed, post_then_echo, ws_greeting_timed
 
     cmd = command["cmd"]
+    if cmd == "soak":
+        return await _soak(http, command)
     if cmd == "greet":
         timing = await greet_timed(http, _loopback(command["url"]), command["key"], command["user_id"])
         return {"total": timing.total, "connect": timing.connect, "text": timing.text}

@@ -249,6 +249,14 @@ class GatewayProcess:
         answer = await self._child.expect("rss", settle + 60)
         return float(answer["rss_mib"]), int(answer["gc_objects"])
 
+    async def sample(self, settle: float, timeout: float = 60.0) -> dict[str, Any]:
+        """Once no session is live and no memory write is queued (``settled``: whether that happened
+        within ``timeout``), after a full collection and ``settle`` seconds: ``rss_mib``, ``fds``
+        (entries of ``/proc/<pid>/fd``), ``tasks`` (``len(asyncio.all_tasks())`` on the gateway's
+        loop), ``task_names`` (name → count), ``threads``, ``gc_objects``, ``sessions`` (live)."""
+        await self._child.send({"cmd": "sample", "settle": settle, "timeout": timeout})
+        return await self._child.expect("sample", settle + timeout + 60)
+
 
 class Target(Protocol):
     """Where clients connect: a gateway in this process or in a child."""
@@ -350,6 +358,26 @@ class TimingClient:
         if "error" in result:
             raise RuntimeError(result["error"])
         return float(result["seconds"])
+
+    async def soak(
+        self,
+        url: str,
+        key: str,
+        *,
+        user_prefix: str,
+        first: int,
+        count: int,
+        timeout: float,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        """``count`` whole sessions one after another (``bench.loadgen``'s ``soak`` command): answers
+        ``seconds`` (per session), ``wall_secs`` and ``errors``; raises if the command itself failed."""
+        command = {"cmd": "soak", "url": url, "key": key, "user_prefix": user_prefix}
+        await self._child.send({**command, "first": first, "count": count})
+        result = await self._child.expect("timed", timeout, progress)
+        if "error" in result:
+            raise RuntimeError(result["error"])
+        return result
 
 
 @contextlib.asynccontextmanager

@@ -21,21 +21,29 @@ filters *afterwards*, so once other users' rows dominate the table a user's own 
 * the same listing is also offered on the event loop (``AsyncLister``), for the greeting: a thread
   doing mem0's ``get_all`` competes for the GIL with the loop setting the session up and took 11-13 ms
   for an empty user under load (0.5 ms alone), which was most of the greeting's wait.
+
+Schema set-up (table, indexes, upgrades) runs in one transaction under a per-table advisory lock
+(``memory.locks``), so replicas building the same tenant at once each run it once instead of failing
+on the catalog's unique indexes.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 from mem0.utils.factory import VectorStoreFactory
-from mem0.vector_stores.pgvector import OutputData, PGVector, _build_filter_conditions
+from mem0.vector_stores.pgvector import OutputData, PGVector
 from pgvector.psycopg import register_vector
 from psycopg import AsyncConnection, Connection, sql
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from memory import locks, mem0compat
 
 PROVIDER = "pgvector"
 SCOPE_KEYS = ("user_id", "agent_id", "run_id")
@@ -80,7 +88,7 @@ def _newest_first(
     ``unexpired`` leaves out rows whose ISO ``expiration_date`` is before today (UTC), as mem0's
     ``get_all`` does afterwards in Python, so that the LIMIT is exact instead of over-fetched.
     """
-    conditions, params = _build_filter_conditions(filters)
+    conditions, params = mem0compat.build_filter_conditions(filters)
     if unexpired:
         conditions.append(
             "coalesce(payload->>'expiration_date', '') = '' OR payload->>'expiration_date' >= %s"
@@ -96,9 +104,50 @@ def _newest_first(
 class IndexedPGVector(PGVector):
     """Drop-in replacement for mem0's ``PGVector``, registered under the same provider name."""
 
+    _collection_ensured: bool  # set by mem0's __init__
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._schema = threading.local()  # .cursor: the schema transaction running on this thread
+
+    @contextmanager
+    def _get_cursor(self, commit: bool = False) -> Iterator[Any]:
+        """mem0's cursor — except inside ``_schema_transaction`` on this thread, where mem0's own
+        ``list_cols`` / ``create_col`` statements join that transaction (which commits at its end)."""
+        held = getattr(self._schema, "cursor", None)
+        if held is not None:
+            yield held
+            return
+        with super()._get_cursor(commit) as cur:
+            yield cur
+
+    @contextmanager
+    def _schema_transaction(self) -> Iterator[Any]:
+        """One transaction holding this table's advisory lock (re-entrant on one thread).
+
+        ``CREATE … IF NOT EXISTS`` run by two sessions at once fails in one of them (both insert the
+        catalog row); under the lock, whoever waits sees the committed table and indexes instead.
+        """
+        if getattr(self._schema, "cursor", None) is not None:
+            yield self._schema.cursor
+            return
+        with super()._get_cursor(commit=True) as cur:
+            locks.lock_table(cur, self.collection_name)
+            self._schema.cursor = cur
+            try:
+                yield cur
+            finally:
+                self._schema.cursor = None
+
     def create_col(self) -> None:
-        super().create_col()
-        self._create_indexes()
+        with self._schema_transaction() as cur:
+            # mem0 also runs CREATE EXTENSION here; serialise it too where nothing created it yet (a
+            # tenant's own database, which prepare_database never saw).
+            cur.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'")
+            if cur.fetchone() is None:
+                locks.lock_extension(cur)
+            super().create_col()
+            self._create_indexes()
 
     def _ensure_collection(self) -> None:
         """Also give a table made by an earlier version the indexes it lacks (once per instance).
@@ -109,8 +158,14 @@ class IndexedPGVector(PGVector):
         """
         if self._collection_ensured:
             return
-        super()._ensure_collection()
-        self._create_indexes()
+        # mem0's check-then-create, but in the schema transaction, and marked done only once
+        # committed: another thread must not use a table it cannot see yet.
+        with self._schema_transaction():
+            if self.collection_name in self.list_cols():
+                self._create_indexes()
+            else:
+                self.create_col()
+        self._collection_ensured = True
 
     def _create_indexes(self) -> None:
         recency = {
@@ -132,18 +187,51 @@ class IndexedPGVector(PGVector):
                         sql.Identifier(f"{self.collection_name}_{name}_idx"), self._col()
                     )
                 )
+            # Exactly-once writes: a replayed outbox row whose memory already landed inserts nothing.
+            cur.execute(
+                sql.SQL(
+                    "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ((payload->>'idempotency_key'))"
+                    " WHERE payload ? 'idempotency_key'"
+                ).format(sql.Identifier(f"{self.collection_name}_idempotency_idx"), self._col())
+            )
+            # Erasure tombstones, checked by every insert (this table may live in a tenant's own DB).
+            for statement in ERASURES_DDL:
+                cur.execute(statement)
 
     def insert(self, vectors: list[list[float]], payloads: Any = None, ids: Any = None) -> None:
+        """Insert rows — at most once per idempotency key, and never over a later erasure.
+
+        One statement for the batch: a row whose ``idempotency_key`` is already stored is skipped
+        (``ON CONFLICT … DO NOTHING`` on the unique partial index), and a row whose
+        ``session_started_at`` predates a tombstone in ``gateway_erasures`` covering its IDs is not
+        inserted at all — on every replica, whether or not it heard the erasure's NOTIFY. Rows without
+        those payload keys (mem0 used directly) insert as before.
+        """
         self._ensure_collection()
+        keyed = _fan_out_keys([dict(p or {}) for p in payloads])
         rows = [
             (id_, _as_vector(vector), json.dumps(payload))
-            for id_, vector, payload in zip(ids, vectors, payloads, strict=True)
+            for id_, vector, payload in zip(ids, vectors, keyed, strict=True)
         ]
-        with self._get_cursor(commit=True) as cur:
-            cur.executemany(
-                sql.SQL("INSERT INTO {} (id, vector, payload) VALUES (%s, %s, %s)").format(self._col()),
-                rows,
+        if not rows:
+            return
+        values = sql.SQL(", ").join([sql.SQL("(%s::uuid, %s::vector, %s::jsonb)")] * len(rows))
+        statement = sql.SQL(
+            """
+            INSERT INTO {table} (id, vector, payload)
+            SELECT v.id, v.vector, v.payload FROM (VALUES {values}) AS v(id, vector, payload)
+            WHERE NOT EXISTS (
+                SELECT 1 FROM gateway_erasures e
+                WHERE e.collection = %s AND v.payload ? 'session_started_at'
+                  AND e.erased_at > (v.payload->>'session_started_at')::timestamptz
+                  AND v.payload @> e.scope
             )
+            ON CONFLICT ((payload->>'idempotency_key')) WHERE payload ? 'idempotency_key' DO NOTHING
+            """
+        ).format(table=self._col(), values=values)
+        params = [value for row in rows for value in row]
+        with self._get_cursor(commit=True) as cur:
+            cur.execute(statement, [*params, self.collection_name])
 
     def update(self, vector_id: str, vector: list[float] | None = None, payload: Any = None) -> None:
         super().update(vector_id, _as_vector(vector) if vector is not None else None, payload)
@@ -156,7 +244,7 @@ class IndexedPGVector(PGVector):
         filters: dict[str, Any] | None = None,
     ) -> list[OutputData]:
         self._ensure_collection()
-        conditions, params = _build_filter_conditions(filters)
+        conditions, params = mem0compat.build_filter_conditions(filters)
         query_vector = _as_vector(vectors)
         with self._get_cursor() as cur:
             if conditions:
@@ -190,7 +278,7 @@ class IndexedPGVector(PGVector):
     def count(self, filters: dict[str, Any] | None = None) -> int:
         """Rows in scope; used by the CLI, tests and benchmarks, not by mem0."""
         self._ensure_collection()
-        conditions, params = _build_filter_conditions(filters)
+        conditions, params = mem0compat.build_filter_conditions(filters)
         where = sql.SQL("WHERE " + " AND ".join(conditions)) if conditions else sql.SQL("")
         with self._get_cursor() as cur:
             cur.execute(sql.SQL("SELECT count(*) FROM {} {}").format(self._col(), where), params)
@@ -240,6 +328,25 @@ class AsyncLister:
             cursor = await conn.execute(statement, params)
             rows = await cursor.fetchall()
         return [OutputData(id=str(r[0]), score=None, payload=r[1]) for r in rows]
+
+
+IDEMPOTENCY_KEY = "idempotency_key"
+# Set (True) by the writer when one message may become several rows (``infer=True`` extraction):
+# each row of the batch then gets the key ``<key>:<n>``.
+FAN_OUT = "idempotency_fan_out"
+
+ERASURES_DDL = (
+    "CREATE TABLE IF NOT EXISTS gateway_erasures (id BIGSERIAL PRIMARY KEY, tenant TEXT NOT NULL,"
+    " collection TEXT NOT NULL, scope JSONB NOT NULL, erased_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    "CREATE INDEX IF NOT EXISTS gateway_erasures_collection_idx ON gateway_erasures (collection, erased_at)",
+)
+
+
+def _fan_out_keys(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for n, payload in enumerate(payloads):
+        if payload.pop(FAN_OUT, False) and IDEMPOTENCY_KEY in payload:
+            payload[IDEMPOTENCY_KEY] = f"{payload[IDEMPOTENCY_KEY]}:{n}"
+    return payloads
 
 
 def register() -> None:

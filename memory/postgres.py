@@ -16,6 +16,8 @@ from typing import Any
 
 import psycopg
 
+from memory import locks
+
 log = logging.getLogger(__name__)
 
 
@@ -55,9 +57,22 @@ class EmbeddedPostgres:
 
 
 def prepare_database(conninfo: str) -> None:
-    """Create the ``vector`` extension; must run before any pooled connection registers its type."""
+    """Create the ``vector`` extension (must exist before any pooled connection registers its type)
+    and the erasure tombstone table."""
+    from memory.pgvector import ERASURES_DDL
+
     with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        # One transaction under the extension lock (memory.locks): replicas starting together on a
+        # fresh database would otherwise both insert into pg_extension, and one would fail to start.
+        with conn.transaction():
+            locks.lock_extension(conn)
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        # Erasure tombstones, shared by every tenant and replica (memory.backends); replicas starting
+        # together would race on the catalog without the lock.
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('gateway_erasures'))")
+            for statement in ERASURES_DDL:
+                conn.execute(statement)
 
 
 def ping(conninfo: str, timeout: float = 2.0) -> bool:

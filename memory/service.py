@@ -4,9 +4,11 @@ It *is* a ``Mem0MemoryService`` (same ``InputParams``, same ``get_memories()``, 
 pipeline, same context-enhancement format), but:
 
 * the mem0 client is injected — the tenant's shared backend — instead of built in ``__init__``;
-* storage is incremental: each turn stores only the user/assistant messages not stored yet, through
-  the tenant's bounded write queue, with ``infer=False`` unless the tenant configured an extraction LLM
-  (Pipecat re-sends the whole context with ``infer=True`` every turn);
+* storage is incremental and durable: each turn stores only the user/assistant messages not stored
+  yet — each first appended to the process's outbox (awaited before the frame goes on to the LLM, so
+  an accepted turn survives a crash), keyed ``<session>.<nonce>:<n>`` so it lands exactly once —
+  then through the tenant's bounded write queue, with ``infer=False`` unless the tenant configured
+  an extraction LLM (Pipecat re-sends the whole context with ``infer=True`` every turn);
 * retrieval uses the scope rules in ``memory.scope`` (a new ``run_id`` does not hide old memories),
   is bounded by a deadline, and a miss is counted by the backend instead of silently becoming ``[]``;
 * the recalled-memories message replaces the previous one instead of piling up one per turn, and is
@@ -17,6 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from pipecat.frames.frames import Frame, LLMContextFrame
@@ -25,6 +30,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.services.mem0.memory import Mem0MemoryService
 
 from memory.backends import TenantMemory
+from memory.outbox import OutboxEntry
 from memory.scope import MemoryScope
 
 log = logging.getLogger(__name__)
@@ -50,6 +56,8 @@ class GatewayMemoryService(Mem0MemoryService):
         scope: MemoryScope,
         params: Mem0MemoryService.InputParams | None = None,
         search_timeout: float = 0.5,
+        session_id: str | None = None,
+        session_start: datetime | None = None,
         **kwargs: Any,
     ) -> None:
         # Deliberately skip Mem0MemoryService.__init__: it builds a mem0 client per instance.
@@ -71,6 +79,12 @@ class GatewayMemoryService(Mem0MemoryService):
         self._search_timeout = search_timeout
         self._infer = backend.settings.infer
         self._stored = 0
+        # Idempotency keys: the session, a nonce (a session id may get a second pipeline, e.g. a
+        # client that asks for another serializer at connect), and a counter that never goes back,
+        # even when the context is shortened.
+        self._key_prefix = f"{session_id or uuid.uuid4().hex}.{uuid.uuid4().hex[:8]}"
+        self._seq = 0
+        self._session_start = (session_start or datetime.now(UTC)).isoformat()
         self._memory_message: dict[str, Any] | None = None
         self._unstored: list[str] = []
         self._writes: set[asyncio.Future[bool]] = set()
@@ -149,10 +163,28 @@ class GatewayMemoryService(Mem0MemoryService):
                 batch.append({"role": message["role"], "content": content})
         if not batch:
             return
-        backend, scope, infer = self._backend, self._scope, self._infer
-        done = await backend.writes.submit(lambda: backend.add(scope, batch, infer=infer))
-        self._writes.add(done)
-        done.add_done_callback(self._writes.discard)
+        entries = []
+        for message in batch:
+            entries.append(
+                OutboxEntry(
+                    key=f"{self._key_prefix}:{self._seq}",
+                    tenant=self._backend.tenant,
+                    ids=self._scope.storage_ids(),
+                    role=message["role"],
+                    content=message["content"],
+                    infer=self._infer,
+                    session_start=self._session_start,
+                )
+            )
+            self._seq += 1
+        for done in await self._backend.enqueue(entries):
+            self._writes.add(done)
+            done.add_done_callback(self._writes.discard)
+
+    async def store_turn(self, context: LLMContext) -> None:
+        """Make what the context gained since the last store durable now (the bot's reply, when its
+        turn ends), instead of with the next user turn."""
+        await self._store_new_messages(context)
 
     async def flush(self, timeout: float) -> bool:
         """Wait until this session's queued writes are stored; True if all made it in time."""
@@ -162,9 +194,22 @@ class GatewayMemoryService(Mem0MemoryService):
         done, _ = await asyncio.wait(pending, timeout=timeout)
         return len(done) == len(pending) and all(f.result() for f in done)
 
-    async def store_final(self, context: LLMContext) -> None:
-        """Store what the last turn added (the bot's final reply) when the session ends."""
+    async def store_final(self, context: LLMContext, typed: Sequence[str] = ()) -> None:
+        """Store what the last turn added (the bot's final reply) when the session ends.
+
+        ``typed``: the user's latest typed texts as the transport received them, oldest first. Those
+        after the last one the context holds never reached it — the client left while Pipecat was
+        still handling them — and are stored as user messages too: an accepted turn is not lost.
+        """
         await self._store_new_messages(context)
+        users = [m["content"] for m in self._conversation(context) if m.get("role") == "user"]
+        last = users[-1] if users else None
+        cut = next((i + 1 for i in range(len(typed) - 1, -1, -1) if typed[i] == last), 0)
+        missing: list[Any] = [{"role": "user", "content": storable(text)} for text in typed[cut:]]
+        missing = [m for m in missing if m["content"]]
+        if missing:
+            context.add_messages(missing)  # as the user aggregator would have; keeps their order
+            await self._store_new_messages(context)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await FrameProcessor.process_frame(self, frame, direction)

@@ -4,6 +4,11 @@ Storing a turn must never delay the conversation, must not pile up without limit
 slow, and must not drop what the user said when the backend blips or the process shuts down
 gracefully. One queue per tenant backend; a full queue makes the producer wait (back-pressure on
 that tenant only) instead of dropping.
+
+A job whose message is also in the outbox (``memory.outbox``) is *durable*: it retries without an
+attempt limit (capped backoff), because giving up would only leave it in the outbox until the next
+start; closing leaves it there. A job carries a ``tag`` (its outbox entry) so an erasure can
+``purge`` the matching jobs that have not started, and stop retrying those that have.
 """
 
 from __future__ import annotations
@@ -12,15 +17,24 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: jobs live in a set
 class WriteJob:
     run: Callable[[], Awaitable[None]]
     attempts: int = 0
     done: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    tag: Any = None
+    durable: bool = False
+    dropped: bool = False
+    running: bool = False
+
+
+async def _nothing() -> None:
+    return None
 
 
 class WriteQueue:
@@ -46,6 +60,7 @@ class WriteQueue:
         self._on_failure = on_failure or (lambda: None)
         self._permanent = permanent
         self._pending = 0
+        self._jobs: set[WriteJob] = set()
         self._tasks = [asyncio.create_task(self._worker(), name=f"writes-{name}-{i}") for i in range(workers)]
         self._closing = False
 
@@ -57,26 +72,49 @@ class WriteQueue:
         self._pending += delta
         self._on_depth(delta)
 
-    async def submit(self, run: Callable[[], Awaitable[None]]) -> asyncio.Future[bool]:
-        """Queue a write; the returned future resolves True once stored, False if given up."""
+    async def submit(
+        self, run: Callable[[], Awaitable[None]], *, tag: Any = None, durable: bool = False
+    ) -> asyncio.Future[bool]:
+        """Queue a write; the returned future resolves True once stored (or purged), False if given up."""
         if self._closing:
             raise RuntimeError("write queue is closed")
-        job = WriteJob(run=run)
+        job = WriteJob(run=run, tag=tag, durable=durable)
         self._set_pending(+1)
+        self._jobs.add(job)
         await self._queue.put(job)
         return job.done
+
+    def purge(self, predicate: Callable[[Any], bool]) -> int:
+        """Drop every unfinished job whose tag matches (an erasure); return how many.
+
+        A job not running now is finished at once and lets go of its closure (and with it the text);
+        one whose call is under way is not retried — if that call still lands, the erasure's
+        tombstone refuses it where the row is written.
+        """
+        dropped = 0
+        for job in list(self._jobs):
+            if job.dropped or job.tag is None or not predicate(job.tag):
+                continue
+            job.dropped = True
+            dropped += 1
+            if not job.running:
+                job.run, job.tag = _nothing, None
+                self._finish(job, True)
+        return dropped
 
     async def _worker(self) -> None:
         while True:
             job = await self._queue.get()
             try:
-                await self._attempt(job)
+                if not job.dropped:
+                    await self._attempt(job)
             finally:
                 self._queue.task_done()
 
     async def _attempt(self, job: WriteJob) -> None:
         while True:
             job.attempts += 1
+            job.running = True
             try:
                 await job.run()
             except asyncio.CancelledError:
@@ -92,16 +130,27 @@ class WriteQueue:
                 )
                 # Data the store refuses is refused again on every retry; retrying it would only hold
                 # a worker (and every write queued behind it) for the whole backoff.
-                if permanent or job.attempts >= self._max_attempts:
+                if job.dropped:
+                    self._finish(job, True)
+                    return
+                if permanent or (not job.durable and job.attempts >= self._max_attempts):
                     self._on_failure()
                     self._finish(job, False)
                     return
-                await asyncio.sleep(min(self._max_backoff, self._backoff * 2 ** (job.attempts - 1)))
+                job.running = False
+                await asyncio.sleep(min(self._max_backoff, self._backoff * 2 ** min(job.attempts - 1, 16)))
+                if job.dropped:  # purged while waiting to retry (already finished)
+                    return
                 continue
+            finally:
+                job.running = False
             self._finish(job, True)
             return
 
     def _finish(self, job: WriteJob, ok: bool) -> None:
+        if job not in self._jobs:
+            return
+        self._jobs.discard(job)
         self._set_pending(-1)
         if not job.done.done():
             job.done.set_result(ok)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 import pytest
 
-from gateway.keys import settings_key
+from gateway.keys import backends_key, settings_key
 from memory.backends import table_name
+from memory.mem0compat import history_tables
 from tests.conftest import GatewayFactory, RunningGateway, unique
 from tests.fake_llm import FakeLLM
+from tests.stores import where_in_database, where_on_disk
 
 SHARED_USER = "same-user-id"
 
@@ -84,23 +85,19 @@ async def test_forgetting_a_user_in_one_tenant_leaves_the_other_intact(two_tenan
     assert "nice to meet you" in greeting.lower()
 
 
-async def test_forgetting_also_erases_the_text_from_mem0s_history_database(
+async def test_forgetting_also_erases_the_text_from_mem0s_history_and_leaves_none_on_disk(
     two_tenants: RunningGateway,
 ) -> None:
     _, beta = list(two_tenants.keys)
-    history = two_tenants.app[settings_key].data_dir / "history" / f"{table_name(beta)}.db"
-    assert "Bergen" in _dump(history)
+    settings = two_tenants.app[settings_key]
+    database_url = two_tenants.app[backends_key].database_url
+    history, _ = history_tables(table_name(beta))
+    assert history in where_in_database(database_url, beta, "Bergen")  # mem0 logged the ADD
 
     await _memories(two_tenants, beta, "DELETE", user_id=SHARED_USER)
 
-    assert "Bergen" not in _dump(history)
-
-
-def _dump(path: object) -> str:
-    with sqlite3.connect(str(path)) as db:
-        rows = db.execute("SELECT * FROM history").fetchall()
-        rows += db.execute("SELECT * FROM messages").fetchall()
-    return repr(rows)
+    assert where_in_database(database_url, beta, "Bergen") == []
+    assert where_on_disk(settings.data_dir, "Bergen") == []
 
 
 async def test_another_tenants_key_finds_nothing_and_deletes_nothing(two_tenants: RunningGateway) -> None:

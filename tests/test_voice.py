@@ -163,7 +163,7 @@ async def test_voice_greeting_arrives_as_audio_and_as_text(
 ) -> None:
     gateway = await make_gateway(tenants=[voice_tenant(fake_audio)])
     before = len(fake_audio.speeches)
-    client = await connect(gateway, serializer, user_id="listener")
+    client = await connect(gateway, serializer, user_id="voice-caller")
     await client.ready()
     messages = await client.until("bot-stopped-speaking")
 

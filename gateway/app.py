@@ -71,6 +71,10 @@ def create_app(
         call_timeout=settings.memory_call_timeout_secs,
         pool_size=settings.memory_pool_size,
         observer=app[metrics_key],
+        outbox_max_bytes=settings.outbox_max_bytes,
+        # Workers of one ``serve --workers`` share the data dir; each replays its own file (a
+        # restarted worker gets its index, and with it its predecessor's outbox, back).
+        outbox_name="outbox.db" if settings.worker_index is None else f"outbox-{settings.worker_index}.db",
     )
     # Closed last (cleanup runs in reverse): sessions give their leases back before it disconnects.
     app.cleanup_ctx.append(_registry_ctx)
@@ -122,23 +126,37 @@ async def _drain(app: web.Application) -> None:
 
 
 def create_registry(settings: Settings, metrics: GatewayMetrics) -> SessionRegistry:
-    """Redis when ``GATEWAY_REDIS_URL`` is set (every replica shares the limits), else this process."""
+    """Where the limits every process must share live (``GATEWAY_SESSION_STATE``): Redis when
+    ``GATEWAY_REDIS_URL`` is set, PostgreSQL for ``serve --workers`` without Redis, else this process."""
     common: dict[str, Any] = {
         "metrics": metrics,
         "start_concurrency": settings.start_concurrency,
         "prefetch_ttl_secs": settings.prefetch_ttl_secs,
     }
-    if settings.redis_url is None:
-        return InProcessRegistry(**common)
-    from gateway.cluster.redis import RedisRegistry
+    kind = settings.session_state
+    if kind == "auto":
+        kind = "redis" if settings.redis_url is not None else "process"
+    if kind == "redis":
+        from gateway.cluster.redis import RedisRegistry
 
-    return RedisRegistry(
-        url=settings.redis_url.get_secret_value(),
-        prefix=settings.redis_prefix,
-        lease_ttl_secs=settings.lease_ttl_secs,
-        timeout_secs=settings.redis_timeout_secs,
-        **common,
-    )
+        if settings.redis_url is None:
+            raise ValueError("GATEWAY_SESSION_STATE=redis needs GATEWAY_REDIS_URL")
+        return RedisRegistry(
+            url=settings.redis_url.get_secret_value(),
+            prefix=settings.redis_prefix,
+            lease_ttl_secs=settings.lease_ttl_secs,
+            timeout_secs=settings.redis_timeout_secs,
+            **common,
+        )
+    if kind == "postgres":
+        from gateway.cluster.postgres import PostgresRegistry
+
+        if settings.database_url is None:
+            raise ValueError("GATEWAY_SESSION_STATE=postgres needs GATEWAY_DATABASE_URL")
+        return PostgresRegistry(
+            database_url=settings.database_url, lease_ttl_secs=settings.lease_ttl_secs, **common
+        )
+    return InProcessRegistry(**common)
 
 
 async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:

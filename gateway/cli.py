@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,18 +49,17 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 
 
 def serve(args: argparse.Namespace) -> int:
-    settings = _settings(args, host=args.host, port=args.port)
+    settings = _settings(args, host=args.host, port=args.port, workers=args.workers)
     configure_logging(settings.log_format, settings.log_level)
     _bootstrap_tenants(settings)
+    if settings.workers > 1 and settings.worker_index is None:
+        return _supervise(settings, args)
 
-    from aiohttp import web
-
-    from gateway.app import create_app, server_options
+    from gateway.app import create_app
     from gateway.locallm import LocalLLMServer
     from gateway.runtime import tune_gc_on_startup
     from gateway.tenants import TenantFileError
 
-    log = get_logger("gateway.cli")
     local_llm = None
     if settings.local_llm and not settings.llm_base_url:
         local_llm = LocalLLMServer(data_dir=settings.data_dir)
@@ -74,20 +74,113 @@ def serve(args: argparse.Namespace) -> int:
             return 2
         # After the app's own start-up (imports done, tenant backends built): gateway.runtime.
         app.on_startup.append(tune_gc_on_startup)
-        log.info("gateway.listening", host=settings.host, port=settings.port)
-        web.run_app(
-            app,
-            host=settings.host,
-            port=settings.port,
-            print=None,
-            shutdown_timeout=settings.shutdown_grace_secs,
-            access_log=None,
-            **server_options(settings),
-        )
+        return asyncio.run(run_server(app, settings))
     finally:
         if local_llm is not None:
             local_llm.stop()
-    return 0
+
+
+def _supervise(settings: Settings, args: argparse.Namespace) -> int:
+    """``--workers N``: this process supervises N gateway processes (``gateway.workers``)."""
+    from gateway.locallm import LocalLLMServer
+    from gateway.workers import Supervisor
+
+    argv = [
+        "serve",
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.port),
+        "--data-dir",
+        str(settings.data_dir),
+    ]
+    if args.tenants_file is not None:
+        argv += ["--tenants-file", str(args.tenants_file)]
+    local_llm = None
+    if settings.local_llm and not settings.llm_base_url:
+        local_llm = LocalLLMServer(data_dir=settings.data_dir)  # one for all workers
+        settings = settings.model_copy(
+            update={"llm_base_url": local_llm.start(), "llm_model": local_llm.model}
+        )
+    try:
+        return Supervisor(settings, settings.workers, argv).run()
+    finally:
+        if local_llm is not None:
+            local_llm.stop()
+
+
+async def run_server(app: Any, settings: Settings) -> int:
+    """Serve until SIGTERM or SIGINT, then drain (uvicorn's order; LiveKit Agents' drain):
+
+    1. first signal: readiness goes false, ``/start`` answers 503 and new sockets 1001, while the
+       listeners stay open so that a load balancer still routing here gets a clear answer;
+    2. live sessions get ``GATEWAY_DRAIN_SECS`` to end on their own; those still live then hear
+       ``GATEWAY_DRAIN_MESSAGE`` (if set) and are closed with 1001;
+    3. their last writes get ``GATEWAY_SHUTDOWN_GRACE_SECS``; leases are released, memory closed
+       (writes that could not land stay in the outbox for the next start); exit 0.
+
+    A second signal during the drain ends the wait at once (sessions closed with 1001 straight away,
+    the rest of the shutdown as above, each step still bounded); exit 1.
+    """
+    from aiohttp import web
+
+    from gateway.app import server_options
+    from gateway.keys import registry_key
+
+    log = get_logger("gateway.cli")
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=settings.shutdown_grace_secs,
+        **server_options(settings),
+    )
+    await runner.setup()
+    if settings.worker_index is None:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+    else:
+        # The shared port (SO_REUSEPORT: the kernel spreads connections over the workers) and this
+        # worker's own, which its /start puts into wsUrl (gateway.workers).
+        from gateway.workers import worker_port
+
+        await web.TCPSite(runner, settings.host, settings.port, reuse_port=True).start()
+        await web.TCPSite(runner, settings.host, worker_port(settings, settings.worker_index)).start()
+    log.info("gateway.listening", host=settings.host, ports=[a[1] for a in runner.addresses])
+
+    loop = asyncio.get_running_loop()
+    signals: asyncio.Queue[str] = asyncio.Queue(maxsize=8)
+
+    def received(name: str) -> None:  # a handler only queues the signal (uvicorn's rule)
+        if not signals.full():
+            signals.put_nowait(name)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, received, sig.name)
+    forced = False
+    try:
+        first = await signals.get()
+        log.info("gateway.drain_started", signal=first, drain_secs=settings.drain_secs)
+        registry = app[registry_key]
+        drain = asyncio.create_task(
+            registry.drain(
+                settings.shutdown_grace_secs, wait=settings.drain_secs, closing_line=settings.drain_message
+            )
+        )
+        second = asyncio.create_task(signals.get())
+        await asyncio.wait({drain, second}, return_when=asyncio.FIRST_COMPLETED)
+        if second.done():
+            forced = True
+            log.warning("gateway.drain_forced", signal=second.result())
+            drain.cancel()
+            await asyncio.gather(drain, return_exceptions=True)
+            await registry.drain(min(settings.shutdown_grace_secs, 2.0))
+        second.cancel()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+    log.info("gateway.stopped", forced=forced)
+    return 1 if forced else 0
 
 
 def _print_key(name: str, key: str, what: str) -> None:
@@ -196,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve", parents=[common], help="run the gateway")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="gateway processes, one core each (default 1; each also listens on port + 1 + index)",
+    )
     p.set_defaults(func=serve)
 
     t = sub.add_parser("tenants", parents=[common], help="manage tenants and their API keys")

@@ -1,4 +1,4 @@
-"""WebSocket close codes the gateway sends (ARCHITECTURE.md §2; README "Tenants and security").
+"""WebSocket close codes the gateway sends (docs/architecture.md §2; README "Tenants and security").
 
 Application codes mirror the HTTP status a client would have met at ``/start``: 4000 + the last
 digits of 401, 403, 408, 429.

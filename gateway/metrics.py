@@ -76,6 +76,12 @@ class GatewayMetrics:
         self.memory_pending_writes = Gauge(
             "gateway_memory_pending_writes", "Queued memory writes", ["tenant"], registry=r
         )
+        self.memory_outbox_full_total = Counter(
+            "gateway_memory_outbox_full_total",
+            "Memory writes the full outbox refused (queued in memory only: lost if the process dies)",
+            ["tenant"],
+            registry=r,
+        )
         self.ttfb_seconds = Histogram(
             "gateway_ttfb_seconds",
             "Pipecat time to first byte per service (llm, stt, tts)",
@@ -111,15 +117,25 @@ class GatewayMetrics:
             ["outcome"],
             registry=r,
         )
-        self.redis_up = Gauge(
-            "gateway_redis_up",
-            "1 while the last call to Redis (GATEWAY_REDIS_URL) succeeded, 0 after a failure",
+        self.prestart_total = Counter(
+            "gateway_prestart_total",
+            "Sessions started at /start, by what became of them: claimed (its client connected here), "
+            "replaced (connected asking another serializer), unclaimed (no client in time); missed: a "
+            "connect that found no started session here and built one",
+            ["tenant", "outcome"],
             registry=r,
         )
-        self.redis_errors_total = Counter(
-            "gateway_redis_errors_total",
-            "Failed or timed-out Redis calls by operation (acquire, release, renew, spend_token, start_rate)",
-            ["operation"],
+        self.session_state_up = Gauge(
+            "gateway_session_state_up",
+            "1 while the last call to the shared session state (backend: redis, postgres) succeeded",
+            ["backend"],
+            registry=r,
+        )
+        self.session_state_errors_total = Counter(
+            "gateway_session_state_errors_total",
+            "Failed or timed-out calls to the shared session state by operation (acquire, release, "
+            "renew, spend_token, start_rate, ping)",
+            ["backend", "operation"],
             registry=r,
         )
         self.build_info = Gauge("gateway_build_info", "Versions", ["version", "pipecat", "mem0"], registry=r)
@@ -135,6 +151,9 @@ class GatewayMetrics:
     def pending_writes(self, tenant: str, delta: int) -> None:
         self.memory_pending_writes.labels(tenant).inc(delta)
 
+    def outbox_full(self, tenant: str) -> None:
+        self.memory_outbox_full_total.labels(tenant).inc()
+
     def reject(self, tenant: str | None, reason: str) -> None:
         self.rejections_total.labels(tenant or "unknown", reason).inc()
 
@@ -148,6 +167,7 @@ class GatewayMetrics:
             self.tenant_max_sessions.labels(tenant).set(limit)
             self.sessions_active.labels(tenant)
             self.memory_pending_writes.labels(tenant)
+            self.memory_outbox_full_total.labels(tenant)
             for operation in ("get_all", "search", "add"):
                 self.memory_errors_total.labels(tenant, operation)
         self._limit_labels = set(limits)

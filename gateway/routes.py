@@ -1,7 +1,7 @@
 """HTTP and WebSocket routes: ``/start``, ``/ws-client/{token}`` (and ``/ws?token=``), the data-subject
 API ``/v1/memories``, health and metrics.
 
-Every refusal has a documented status or close code (ARCHITECTURE.md §2), a
+Every refusal has a documented status or close code (docs/architecture.md §2), a
 ``gateway_rejections_total{tenant,reason}`` increment and a log event — never a secret, token, ID or
 message text, and never internals in the body. A tenant is only ever told about itself: errors name
 no other tenant, and a valid key of tenant B sees only B's data whatever IDs it asks about.
@@ -36,6 +36,7 @@ from gateway.serializers import SERIALIZERS
 from gateway.session import Session
 from gateway.tenants import TenantConfig
 from gateway.tokens import SessionClaims, TokenError
+from gateway.workers import worker_port
 from memory.scope import MemoryScope
 
 log = get_logger(__name__)
@@ -106,10 +107,15 @@ def _ids(body: Any) -> dict[str, str | None]:
 
 
 def _ws_base(request: web.Request) -> str:
-    public = request.app[settings_key].public_url
-    if public:
-        return re.sub(r"^http", "ws", public.rstrip("/"))
+    """Where the client's WebSocket should go: the public URL, else the host it reached us at — on this
+    worker's own port under ``serve --workers``, so the socket finds the session started here."""
+    settings = request.app[settings_key]
+    if settings.public_url:
+        return re.sub(r"^http", "ws", settings.public_url.rstrip("/"))
     scheme = "wss" if request.secure else "ws"
+    if settings.worker_index is not None:
+        origin = request.url.origin().with_port(worker_port(settings, settings.worker_index))
+        return f"{scheme}://{origin.raw_authority}"
     return f"{scheme}://{request.host}"
 
 
@@ -344,6 +350,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         else _admission(request, tenant, claims)
     )
     if refusal is None and pending is None and lease is None:
+        registry.count_missed(tenant.name)
         # Built here: a slot of its own, or the one a session started for this token holds on
         # another replica (taken over, so it is counted once).
         try:
@@ -452,7 +459,7 @@ async def readyz(request: web.Request) -> web.Response:
 
     Redis being unreachable does not make a replica unready: every replica shares that fate, and taking
     them all out of the load balancer would turn a clear 503 at ``/start`` into refused connections
-    while live sessions carry on. It is reported here and alerted on (``gateway_redis_up``).
+    while live sessions carry on. It is reported here and alerted on (``gateway_session_state_up``).
     """
     app = request.app
     registry = app[registry_key]

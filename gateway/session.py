@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -335,8 +336,12 @@ class Session:
         self._greeting: greetings.Greeting | None = None
         self._greeting_queued = False
         self._greeted = False
+        self._farewell: asyncio.Event | None = None
         self._closed = False
         self._serializer = serializer
+        # What the client typed, as received: RTVI handles send-text on a task of its own, which a
+        # disconnect right after it cancels before the text reaches the context (gateway.transport).
+        self._typed: deque[str] = deque(maxlen=32)
         self.scope = MemoryScope(claims.tenant, claims.user_id, claims.agent_id, claims.run_id)
 
         metrics = deps.metrics
@@ -365,6 +370,7 @@ class Session:
             abort=abort,
             write_room=write_room,
             on_message=self._on_message_sent,
+            on_client_message=self._on_client_message,
         )
         self.context = LLMContext()
         # Text mode needs no turn model; the default stop strategy would build an ONNX session per
@@ -385,7 +391,11 @@ class Session:
             scope=self.scope,
             params=Mem0MemoryService.InputParams(**mem.params.model_dump()),
             search_timeout=mem.search_timeout_secs,
+            session_id=self.id,
         )
+        # The reply is made durable as soon as the aggregator has added it to the context, not with the
+        # next user turn: a process killed between turns would otherwise lose the last reply.
+        aggregators.assistant().add_event_handler("on_assistant_turn_stopped", self._on_reply)
         endpoint = resolve_endpoint(tenant, settings)
         self._llm = llm = (
             create_llm(endpoint, tenant.system_prompt, deps.openai_clients)
@@ -502,7 +512,15 @@ class Session:
         self._deps.metrics.reject(self.tenant.name, reason)
         log.info("ws.rejected", reason=reason, close_code=code)
 
+    def _on_client_message(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "send-text" and isinstance(message.get("data"), dict):
+            content = message["data"].get("content")
+            if isinstance(content, str):
+                self._typed.append(content)
+
     def _on_message_sent(self, message: dict[str, Any]) -> None:
+        if self._farewell is not None and message.get("type") in _GREETING_WRITTEN:
+            self._farewell.set()
         if self._greeting_queued and not self._greeted and message.get("type") in _GREETING_WRITTEN:
             self._greeted = True
             greeting = self._greeting
@@ -551,20 +569,48 @@ class Session:
         )
         return outcome
 
+    async def _on_reply(self, _aggregator: object, _message: object) -> None:
+        try:
+            await self.memory.store_turn(self.context)
+        except Exception:
+            log.exception("session.store_failed")
+
     async def _finish(self) -> None:
         """Store the last turn's reply and wait (bounded) for this session's memory writes."""
         if self._prefetch is not None and not self._prefetch.done():
             self._prefetch.cancel()
         try:
-            await self.memory.store_final(self.context)
+            await self.memory.store_final(self.context, typed=list(self._typed))
             if not await self.memory.flush(self._deps.settings.shutdown_grace_secs):
                 log.warning("session.writes_pending")
         except Exception:
             log.exception("session.store_failed")
         await self.transport.client.close(WSCloseCode.OK, "session ended")
 
-    async def close(self, code: int = WSCloseCode.GOING_AWAY, reason: str = "server shutting down") -> None:
-        """Close the socket with ``code`` and stop the pipeline; safe to call from any path, repeatedly."""
+    async def close(
+        self,
+        code: int = WSCloseCode.GOING_AWAY,
+        reason: str = "server shutting down",
+        *,
+        farewell: str | None = None,
+        farewell_timeout: float = 2.0,
+    ) -> None:
+        """Close the socket with ``code`` and stop the pipeline; safe to call from any path, repeatedly.
+
+        ``farewell``: first say this, like a reply (not stored as a memory), and wait up to
+        ``farewell_timeout`` for it to be written — a drain's "please call back" line.
+        """
+        if self._closed:
+            return
+        if farewell and self._connected:
+            self._farewell = asyncio.Event()
+            self.memory.exclude_from_storage(farewell)
+            for frame in (LLMFullResponseStartFrame(), LLMTextFrame(farewell), LLMFullResponseEndFrame()):
+                await self._llm.push_frame(frame)
+            try:
+                await asyncio.wait_for(self._farewell.wait(), farewell_timeout)
+            except TimeoutError:
+                log.info("session.farewell_unsent")
         if self._closed:
             return
         self._closed = True

@@ -14,6 +14,13 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535)
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="gateway processes (serve --workers): each also listens on port + 1 + its index",
+    )
+    worker_index: int | None = Field(default=None, ge=0, description="set by the supervisor for its workers")
     public_url: str | None = Field(
         default=None, description="Base URL clients reach us at (for wsUrl); default: the request's host"
     )
@@ -29,6 +36,11 @@ class Settings(BaseSettings):
         default=None,
         description="redis://…: session limits, token single use and the /start rate shared by every "
         "replica (gateway.cluster.redis); unset = this process alone",
+    )
+    session_state: Literal["auto", "process", "postgres", "redis"] = Field(
+        default="auto",
+        description="where session limits, spent tokens and /start buckets live: auto = redis when "
+        "GATEWAY_REDIS_URL is set, else this process (serve --workers sets postgres for its workers)",
     )
     redis_prefix: str = Field(default="mgw", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     redis_timeout_secs: float = Field(default=0.5, gt=0, le=10, description="bound on every Redis call")
@@ -74,7 +86,26 @@ class Settings(BaseSettings):
     memory_workers: int = Field(default=8, ge=1, le=256)
     memory_call_timeout_secs: float = Field(default=10.0, gt=0)
     memory_pool_size: int = Field(default=4, ge=1)
-    shutdown_grace_secs: float = Field(default=10.0, ge=0)
+    outbox_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=64 * 1024,
+        description="bound on the memory-write outbox (<data_dir>/outbox.db, bytes of stored text and "
+        "IDs); when full, writes are still queued in memory but not crash-safe (memory.outbox_full)",
+    )
+    shutdown_grace_secs: float = Field(
+        default=10.0, ge=0, description="once sessions are closed, how long their last writes may take"
+    )
+    drain_secs: float = Field(
+        default=30.0,
+        ge=0,
+        description="after SIGTERM, live sessions get this long to end on their own before they are "
+        "closed with 1001 (readiness is false and new sessions are refused meanwhile)",
+    )
+    drain_message: str | None = Field(
+        default=None,
+        max_length=500,
+        description="said to each session still live when the drain time is up, before 1001",
+    )
     heartbeat_secs: float = Field(default=20.0, gt=0)
     idle_timeout_secs: float = Field(
         default=300.0, gt=0, description="close (4008) a session whose client sent nothing for this long"

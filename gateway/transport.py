@@ -295,6 +295,7 @@ class AiohttpWebsocketInputTransport(BaseInputTransport):
         client: AiohttpWebsocketClient,
         params: AiohttpWebsocketParams,
         on_bad_frame: Callable[[], None] = _noop,
+        on_client_message: Callable[[dict[str, Any]], None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(params, **kwargs)
@@ -302,6 +303,7 @@ class AiohttpWebsocketInputTransport(BaseInputTransport):
         self._client = client
         self._ws_params = params
         self._on_bad_frame = on_bad_frame
+        self._on_client_message = on_client_message
         self._receive_task: asyncio.Task[None] | None = None
         self._monitor_task: asyncio.Task[None] | None = None
         self._bad_frames = 0
@@ -369,6 +371,8 @@ class AiohttpWebsocketInputTransport(BaseInputTransport):
                 if isinstance(frame, InputAudioRawFrame):
                     await self.push_audio_frame(frame)
                 elif isinstance(frame, InputTransportMessageFrame):
+                    if self._on_client_message is not None:
+                        self._on_client_message(frame.message)
                     await self.broadcast_frame(InputTransportMessageFrame, message=frame.message)
                 else:
                     await self.push_frame(frame)
@@ -516,6 +520,9 @@ class AiohttpWebsocketTransport(BaseTransport):
     """Pipecat transport over an aiohttp ``WebSocketResponse``: prepared already, or ``attach()``-ed later.
 
     Event handlers: ``on_client_connected``, ``on_client_disconnected``, ``on_session_timeout``.
+    ``on_client_message`` sees each decoded client message (RTVI) as it arrives, before the pipeline
+    does: the session keeps what was typed, so a turn whose handling the disconnect cut short is
+    still stored.
     """
 
     def __init__(
@@ -530,6 +537,7 @@ class AiohttpWebsocketTransport(BaseTransport):
         abort: Callable[[], None] = _noop,
         write_room: Callable[[], int] = _no_room,
         on_message: Callable[[dict[str, Any]], None] | None = None,
+        on_client_message: Callable[[dict[str, Any]], None] | None = None,
         input_name: str | None = None,
         output_name: str | None = None,
     ) -> None:
@@ -552,7 +560,12 @@ class AiohttpWebsocketTransport(BaseTransport):
             write_room=write_room,
         )
         self._input = AiohttpWebsocketInputTransport(
-            self, self._client, params, on_bad_frame=on_bad_frame, name=self._input_name
+            self,
+            self._client,
+            params,
+            on_bad_frame=on_bad_frame,
+            on_client_message=on_client_message,
+            name=self._input_name,
         )
         self._output = AiohttpWebsocketOutputTransport(
             self, self._client, params, on_message=on_message, name=self._output_name

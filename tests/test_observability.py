@@ -1,4 +1,4 @@
-"""Every metric of the contract (ARCHITECTURE.md §6) after a scripted conversation, with the labels the
+"""Every metric of the contract (docs/architecture.md §6) after a scripted conversation, with the labels the
 dashboards rely on and values that fit what happened; and the ways operators scrape them."""
 
 from __future__ import annotations

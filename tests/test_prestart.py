@@ -65,3 +65,24 @@ async def test_draining_ends_sessions_still_waiting_for_their_client(gateway: Ru
     async with asyncio.timeout(5):
         while registry.pending or registry.active(gateway.tenant):
             await asyncio.sleep(0.02)
+
+
+async def test_a_serializer_chosen_on_the_url_takes_the_started_sessions_slot_over(
+    make_gateway: GatewayFactory,
+) -> None:
+    """One slot per session however the client picks its wire format: sequential users never meet 429."""
+    gateway = await make_gateway(tenants=[{"name": "urlpick", "max_sessions": 2}])
+    for trial in range(10):
+        started = await gateway.start(user_id=f"first-{trial}")  # no serializer in the body: protobuf
+        assert started.status == 200, await started.text()
+        first = await _ws(gateway, (await started.json())["wsUrl"] + "?serializer=rtvi", "rtvi")
+        await first.bot_turn()
+        assert gateway.app[registry_key].active("urlpick") == 1
+        second = await gateway.start(user_id=f"second-{trial}", serializer="rtvi")
+        assert second.status == 200, f"trial {trial}: {await second.text()}"
+        client = await _ws(gateway, (await second.json())["wsUrl"], "rtvi")
+        await client.bot_turn()
+        await first.ws.close()
+        await client.ws.close()
+        await gateway.settle()
+    assert gateway.sample("gateway_rejections_total", tenant="urlpick", reason="session_limit") == 0

@@ -6,6 +6,7 @@ from collections import Counter
 
 from gateway.keys import backends_key, tenants_key
 from memory.scope import MemoryScope
+from tests.clients import send_text
 from tests.conftest import RunningGateway
 from tests.fake_llm import FakeLLM
 
@@ -75,3 +76,20 @@ async def test_greeting_recall_returns_what_mem0_get_all_returns(gateway: Runnin
     from_mem0 = backend.client.get_all(filters={**scope.retrieval_filters(), "role": "user"}, top_k=3)
     assert recalled == from_mem0["results"]
     assert [m["memory"] for m in recalled] == ["I also grow basil", "I grow tomatoes"]
+
+
+async def test_a_turn_sent_just_before_the_client_closes_its_socket_is_stored(
+    gateway: RunningGateway,
+) -> None:
+    """The client leaves while Pipecat is still handling its last message (RTVI's send-text runs on a
+    task the disconnect cancels): the gateway had accepted the turn, so it is stored anyway, once."""
+    client = await gateway.connect(user_id="quick-leaver")
+    await client.bot_turn()
+    assert await client.say("first, the boat is blue") == "I heard: first, the boat is blue"
+    await client.send(send_text("and the parrot is green"))
+    await client.ws.close()
+    await gateway.settle()
+
+    stored = Counter(str(m["memory"]) for m in await _memories(gateway, "quick-leaver"))
+    assert stored["and the parrot is green"] == 1
+    assert stored["first, the boat is blue"] == 1

@@ -25,8 +25,9 @@ When Redis cannot be reached (each call is bounded by ``GATEWAY_REDIS_TIMEOUT_SE
 * **live sessions continue**; their leases are renewed again once Redis is back (a lease that expired
   meanwhile is re-added, even if that puts the tenant over its limit for a moment).
 
-Each failure counts in ``gateway_redis_errors_total{operation}``; ``gateway_redis_up`` is 0 while the
-last call failed, and the transition is logged once (``redis.unavailable`` / ``redis.recovered``).
+Each failure counts in ``gateway_session_state_errors_total{backend="redis",operation}``;
+``gateway_session_state_up{backend="redis"}`` is 0 while the last call failed, and the transition is
+logged once (``session_state.unavailable`` / ``session_state.recovered``).
 """
 
 from __future__ import annotations
@@ -143,6 +144,7 @@ class RedisRegistry(SessionRegistry):
     ) -> None:
         super().__init__(**kwargs)
         self._prefix = prefix
+        self.lease_ttl_secs = lease_ttl_secs
         self._ttl_ms = int(lease_ttl_secs * 1000)
         self._timeout = timeout_secs
         # One attempt per call (no hidden retries with backoff): the caller's check decides what a
@@ -160,9 +162,8 @@ class RedisRegistry(SessionRegistry):
         self._renew_script = self._redis.register_script(RENEW)
         self._start_script = self._redis.register_script(TAKE_START)
         self._fallback = RateLimiter(clock=self._clock)
-        self._up = True
         self._renewer: asyncio.Task[None] | None = None
-        self._metrics.redis_up.set(1)
+        self._metrics.session_state_up.labels(self.backend).set(1)
 
     def _key(self, tenant: str, what: str) -> str:
         return f"{self._prefix}:{{{tenant}}}:{what}"
@@ -173,20 +174,10 @@ class RedisRegistry(SessionRegistry):
             async with asyncio.timeout(self._timeout):
                 result = await call
         except (RedisError, OSError, TimeoutError) as e:
-            self._metrics.redis_errors_total.labels(operation).inc()
-            if self._up:
-                self._up = False
-                self._metrics.redis_up.set(0)
-                log.error("redis.unavailable", operation=operation, error=type(e).__name__)
+            self._track(operation, e)
             raise ClusterUnavailable(operation) from e
-        if not self._up:
-            self._up = True
-            self._metrics.redis_up.set(1)
-            log.info("redis.recovered", operation=operation)
+        self._track(operation, None)
         return result
-
-    def status(self) -> str:
-        return "ok" if self._up else "redis_unavailable"
 
     async def _acquire(self, tenant: TenantConfig, lease: Lease) -> bool:
         keys = [self._key(tenant.name, "leases"), self._key(tenant.name, "holders")]
@@ -238,25 +229,13 @@ class RedisRegistry(SessionRegistry):
                 if int(flag):
                     renewed += 1
                 else:
-                    lease.released = True  # another replica's now; nothing of ours to free
-                    self._local.leases.get(tenant, {}).pop(lease.session_id, None)
+                    self._forget_taken_over(lease)
         return renewed
-
-    async def _renew_forever(self) -> None:
-        every = self._ttl_ms / 3000
-        while True:
-            await asyncio.sleep(every)
-            try:
-                await self.renew()
-            except ClusterUnavailable:
-                pass  # counted and logged by _call; live sessions go on, renewed when Redis is back
-            except Exception:
-                log.exception("redis.renew_failed")
 
     async def start(self) -> None:
         try:
             await self._call("ping", self._redis.ping())
-            log.info("redis.ready", lease_ttl_secs=self._ttl_ms / 1000)
+            log.info("session_state.ready", backend=self.backend, lease_ttl_secs=self.lease_ttl_secs)
         except ClusterUnavailable:
             pass  # start anyway: new sessions wait for Redis, the rest of the gateway works
         self._renewer = asyncio.create_task(self._renew_forever(), name="lease-renewal")

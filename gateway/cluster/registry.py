@@ -127,7 +127,49 @@ class SessionRegistry(abc.ABC):
 
     def status(self) -> str:
         """``ok``, or why the shared state is degraded (for ``/readyz``)."""
-        return "ok"
+        return "ok" if self._up else f"{self.backend}_unavailable"
+
+    # -- for implementations whose state is shared (Redis, PostgreSQL) ------------------------------
+
+    _up = True
+    lease_ttl_secs = 15.0
+
+    def _track(self, operation: str, error: BaseException | None) -> None:
+        """Count a failed call, and log the shared state's going down or coming back, once each."""
+        metrics = self._metrics
+        if error is not None:
+            metrics.session_state_errors_total.labels(self.backend, operation).inc()
+        if (error is None) != self._up:
+            self._up = error is None
+            metrics.session_state_up.labels(self.backend).set(1 if self._up else 0)
+            if self._up:
+                log.info("session_state.recovered", backend=self.backend, operation=operation)
+            else:
+                log.error(
+                    "session_state.unavailable",
+                    backend=self.backend,
+                    operation=operation,
+                    error=type(error).__name__,
+                )
+
+    async def renew(self) -> int:
+        """Extend every lease this process holds; a lease another holder took over is dropped."""
+        return 0
+
+    async def _renew_forever(self) -> None:
+        """Renew every third of the lease TTL; while the state is unreachable, live sessions go on."""
+        while True:
+            await asyncio.sleep(self.lease_ttl_secs / 3)
+            try:
+                await self.renew()
+            except ClusterUnavailable:
+                pass  # counted and logged by _track
+            except Exception:
+                log.exception("session_state.renew_failed", backend=self.backend)
+
+    def _forget_taken_over(self, lease: Lease) -> None:
+        lease.released = True  # another holder's now; nothing of ours to free
+        self._local.leases.get(lease.tenant, {}).pop(lease.session_id, None)
 
     # -- slots --------------------------------------------------------------------------------------
 
@@ -245,10 +287,17 @@ class SessionRegistry(abc.ABC):
         if pending is None:
             return None, None
         if not pending.task.done() and pending.session.serializer == serializer:
+            self._metrics.prestart_total.labels(pending.lease.tenant, "claimed").inc()
             return pending, None
+        if not pending.task.done():
+            self._metrics.prestart_total.labels(pending.lease.tenant, "replaced").inc()
         lease = None if pending.task.done() else self._hand_over(pending)
         await pending.session.close(closecodes.NORMAL, "replaced")
         return None, lease
+
+    def count_missed(self, tenant: str) -> None:
+        """A connect that found no started session here (or a replaced one) and builds its own."""
+        self._metrics.prestart_total.labels(tenant, "missed").inc()
 
     async def run(
         self, session: Session, lease: Lease, after: asyncio.Task[Any] | None = None, wait: float = 0.0
@@ -279,7 +328,10 @@ class SessionRegistry(abc.ABC):
                         await asyncio.wait({run, started}, return_when=asyncio.FIRST_COMPLETED)
                     finally:
                         started.cancel()
-                return await run
+                outcome = await run
+                if outcome == "unclaimed":
+                    self._metrics.prestart_total.labels(lease.tenant, "unclaimed").inc()
+                return outcome
             except asyncio.CancelledError:
                 if run is not None:
                     run.cancel()
@@ -291,14 +343,29 @@ class SessionRegistry(abc.ABC):
     def begin_drain(self) -> None:
         self._draining = True
 
-    async def drain(self, grace: float) -> None:
-        """Stop admitting, close every live session with 1001, wait up to ``grace`` for them to store
-        their last words and give their leases back."""
+    async def drain(self, grace: float, *, wait: float = 0.0, closing_line: str | None = None) -> None:
+        """Stop admitting; give live sessions ``wait`` seconds to end on their own; then close each
+        still live with 1001 (after ``closing_line``, if any); wait up to ``grace`` for them to store
+        their last words and give their leases back.
+
+        Sessions started at ``/start`` that no client claimed yet are ended at once: nobody waits for
+        them, and their slots are better spent on another replica.
+        """
         self._draining = True
+        for pending in list(self._local.pending.values()):
+            await pending.session.close(closecodes.GOING_AWAY, "server shutting down")
+        log.info("gateway.draining", sessions=len(self._local.sessions), wait_secs=wait)
+        deadline = asyncio.get_running_loop().time() + wait
+        while self._local.sessions and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
         sessions = list(self._local.sessions)
-        log.info("gateway.draining", sessions=len(sessions))
+        if sessions:
+            log.info("gateway.drain_closing", sessions=len(sessions))
         await asyncio.gather(
-            *(s.close(closecodes.GOING_AWAY, "server shutting down") for s in sessions),
+            *(
+                s.close(closecodes.GOING_AWAY, "server shutting down", farewell=closing_line)
+                for s in sessions
+            ),
             return_exceptions=True,
         )
         if self._local.tasks:

@@ -399,6 +399,20 @@ def overview() -> dashboard.Dashboard:
             stacked=True,
         ),
         series(
+            "Turns refused by a full outbox",
+            "Turns the local outbox (GATEWAY_OUTBOX_MAX_BYTES) had no room for, per tenant and interval: "
+            "those are not stored. Zero unless the backend has been down long enough to fill it.",
+            [
+                (
+                    f"sum by (tenant) (increase(gateway_memory_outbox_full_total[{RATE_INTERVAL}]))",
+                    "{{tenant}}",
+                )
+            ],
+            unit="short",
+            width=12,
+            bars=True,
+        ),
+        series(
             "Memory error ratio by operation",
             f"Failed calls over all calls; the alert fires per tenant above {MEMORY_ERROR_RATIO:.0%}.",
             [
@@ -439,22 +453,44 @@ def overview() -> dashboard.Dashboard:
         build_info_table(),
     )
 
-    board.row("Cluster state (Redis)")
+    board.row("Shared session state (Redis, or PostgreSQL for --workers)")
     board.add(
         series(
-            "Replicas reaching Redis",
-            "gateway_redis_up per replica (1 = its last Redis call succeeded). While a replica cannot "
-            "reach Redis it refuses new sessions (503 / 1013 cluster_unavailable); live sessions go on. "
-            "No series: the gateway runs without Redis (one replica).",
-            [("sum(gateway_redis_up)", "up"), ("count(gateway_redis_up) - sum(gateway_redis_up)", "down")],
+            "Processes reaching the session state",
+            "gateway_session_state_up per process (1 = its last call succeeded). While a process cannot "
+            "reach it, it refuses new sessions (503 / 1013 cluster_unavailable); live sessions go on. "
+            "No series: one process keeps its own state.",
+            [
+                ("sum by (backend) (gateway_session_state_up)", "up ({{backend}})"),
+                (
+                    "count by (backend) (gateway_session_state_up)"
+                    " - sum by (backend) (gateway_session_state_up)",
+                    "down ({{backend}})",
+                ),
+            ],
             unit="short",
             stacked=True,
         ),
         series(
-            "Redis errors / s by operation",
-            "Failed or timed-out Redis calls: acquire / release / renew (session leases), spend_token, "
-            "start_rate (falls back to the replica's own bucket), ping.",
-            [(sum_rate("gateway_redis_errors_total", ["operation"]), "{{operation}}")],
+            "Sessions started at /start, by outcome",
+            "claimed: its client connected to the process that started it; replaced: connected asking "
+            "another serializer; missed: the connect built a session where it landed (the started one "
+            "was elsewhere, expired, or prestart is off); unclaimed: no client came in time. "
+            "Prestart hit rate = claimed / (claimed + replaced + missed).",
+            [(sum_rate("gateway_prestart_total", ["outcome"]), "{{outcome}}")],
+            unit="ops",
+            stacked=True,
+        ),
+        series(
+            "Session-state errors / s by operation",
+            "Failed or timed-out calls: acquire / release / renew (session leases), spend_token, "
+            "start_rate (falls back to the process's own bucket), ping.",
+            [
+                (
+                    sum_rate("gateway_session_state_errors_total", ["backend", "operation"]),
+                    "{{backend}} {{operation}}",
+                )
+            ],
             unit="ops",
         ),
     )

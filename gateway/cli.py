@@ -157,6 +157,7 @@ async def run_server(app: Any, settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, received, sig.name)
     forced = False
+    second: asyncio.Task[str] | None = None
     try:
         first = await signals.get()
         log.info("gateway.drain_started", signal=first, drain_secs=settings.drain_secs)
@@ -174,11 +175,17 @@ async def run_server(app: Any, settings: Settings) -> int:
             drain.cancel()
             await asyncio.gather(drain, return_exceptions=True)
             await registry.drain(min(settings.shutdown_grace_secs, 2.0))
-        second.cancel()
     finally:
+        # The handlers stay until the end: a second signal during the (bounded) clean-up must not
+        # kill the process with the default action (exit -15), only mark the stop as forced.
+        await runner.cleanup()
+        if second is not None:
+            if second.done() and not forced:
+                forced = True
+                log.warning("gateway.drain_forced", signal=second.result())
+            second.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        await runner.cleanup()
     log.info("gateway.stopped", forced=forced)
     return 1 if forced else 0
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import psycopg
+import pytest
 
 from memory.backends import table_name
 from tests.clients import WireClient, refusal_code
@@ -36,11 +37,17 @@ async def _start(http: aiohttp.ClientSession, url: str, key: str, user: str) -> 
     )
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["one worker", "two workers"])
 async def test_sigterm_gives_live_sessions_the_drain_time_a_farewell_and_1001_and_keeps_their_words(
-    tmp_root: Path, database_url: str, fake_llm: FakeLLM
+    tmp_root: Path, database_url: str, fake_llm: FakeLLM, workers: int
 ) -> None:
     cluster = _cluster(
-        tmp_root, database_url, fake_llm, GATEWAY_DRAIN_SECS="2", GATEWAY_DRAIN_MESSAGE=FAREWELL
+        tmp_root,
+        database_url,
+        fake_llm,
+        GATEWAY_DRAIN_SECS="2",
+        GATEWAY_DRAIN_MESSAGE=FAREWELL,
+        GATEWAY_WORKERS=str(workers),
     )
     ((tenant, key),) = cluster.tenants.items()
     gateway = await cluster.replica("a").start()
@@ -90,10 +97,13 @@ async def test_sigterm_gives_live_sessions_the_drain_time_a_farewell_and_1001_an
     assert farewells_stored == (0,)  # a closing line is not a memory
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["one worker", "two workers"])
 async def test_a_second_sigterm_ends_the_drain_at_once(
-    tmp_root: Path, database_url: str, fake_llm: FakeLLM
+    tmp_root: Path, database_url: str, fake_llm: FakeLLM, workers: int
 ) -> None:
-    cluster = _cluster(tmp_root, database_url, fake_llm, GATEWAY_DRAIN_SECS="600")
+    cluster = _cluster(
+        tmp_root, database_url, fake_llm, GATEWAY_DRAIN_SECS="600", GATEWAY_WORKERS=str(workers)
+    )
     ((_, key),) = cluster.tenants.items()
     gateway = await cluster.replica("a").start()
     async with aiohttp.ClientSession() as http:

@@ -22,7 +22,7 @@ from memory.backends import table_name
 from tests.clients import WireClient
 from tests.conftest import unique
 from tests.fake_llm import FakeLLM
-from tests.procs import Cluster, GatewayProcess, StoppablePostgres
+from tests.procs import Cluster, GatewayProcess, StoppablePostgres, replicas
 
 TURNS = 20
 
@@ -137,3 +137,49 @@ async def test_turns_answered_while_postgres_is_down_survive_kill_9_and_land_exa
         assert await asyncio.to_thread(_stored, postgres.url, tenant) == expected  # still once each
     finally:
         await replayed.terminate()
+
+
+async def _counter(http: aiohttp.ClientSession, gateway: GatewayProcess, name: str) -> float:
+    async with http.get(f"{gateway.url}/metrics") as resp:
+        text = await resp.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+async def test_a_full_outbox_refuses_rows_counts_them_and_the_conversation_goes_on(
+    tmp_root: Path, postgres: StoppablePostgres, fake_llm: FakeLLM
+) -> None:
+    cluster = Cluster(
+        root=tmp_root / unique("full"),
+        database_url=postgres.url,
+        llm_base_url=fake_llm.base_url,
+        env={"GATEWAY_OUTBOX_MAX_BYTES": str(64 * 1024)},
+    )
+    cluster.add_tenants({"name": unique("full")})
+    ((tenant, key),) = cluster.tenants.items()
+    # 12 turns of ≈3 KB, each stored twice (the sentence and its echo): ≈72 KB, over the 64 KiB bound.
+    said = [f"long sentence {i} " + "x" * 3000 for i in range(12)]
+    expected = Counter([("user", s) for s in said] + [("assistant", f"I heard: {s}") for s in said])
+
+    async with aiohttp.ClientSession() as http, replicas(cluster.replica("a")) as (gateway,):
+        resp = await http.post(
+            f"{gateway.url}/start",
+            json={"transport": "websocket", "body": {"user_id": "talker", "serializer": "rtvi"}},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        client = WireClient(await http.ws_connect((await resp.json())["wsUrl"]), "rtvi")
+        await client.bot_turn()
+        await asyncio.to_thread(postgres.stop)
+        for sentence in said:
+            assert await client.say(sentence, timeout=20) == f"I heard: {sentence}"
+        async with asyncio.timeout(10):
+            while await _pending_writes(http, gateway) < 2 * len(said):
+                await asyncio.sleep(0.05)
+        refused = await _counter(http, gateway, "gateway_memory_outbox_full_total")
+        on_disk = _outbox_rows(gateway.data_dir)
+        assert refused > 0 and on_disk > 0
+        assert refused + on_disk == 2 * len(said)  # every message either on disk or counted as not
+        assert "memory.outbox_full" in gateway.log()
+
+        # The process lived: what the outbox refused was still queued, and everything lands.
+        await asyncio.to_thread(postgres.start)
+        assert await _until_stored(postgres.url, tenant, 2 * len(said)) == expected

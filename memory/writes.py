@@ -7,7 +7,10 @@ that tenant only) instead of dropping.
 
 A job whose message is also in the outbox (``memory.outbox``) is *durable*: it retries without an
 attempt limit (capped backoff), because giving up would only leave it in the outbox until the next
-start; closing leaves it there. A job carries a ``tag`` (its outbox entry) so an erasure can
+start; closing leaves it there. Durable jobs never wait for room: they are bounded by the outbox's
+bytes (``GATEWAY_OUTBOX_MAX_BYTES``), and making a turn wait for a database outage is what the outbox
+is for avoiding. ``maxsize`` bounds the other jobs (those the full outbox refused), whose producer
+waits for room. A job carries a ``tag`` (its outbox entry) so an erasure can
 ``purge`` the matching jobs that have not started, and stop retrying those that have.
 """
 
@@ -52,7 +55,9 @@ class WriteQueue:
         permanent: Callable[[BaseException], bool] = lambda _e: False,
     ) -> None:
         self._name = name
-        self._queue: asyncio.Queue[WriteJob] = asyncio.Queue(maxsize=maxsize)
+        # Unbounded itself: ``_room`` bounds the jobs not in the outbox, the outbox bounds the rest.
+        self._queue: asyncio.Queue[WriteJob] = asyncio.Queue()
+        self._room = asyncio.Semaphore(maxsize)
         self._max_attempts = max_attempts
         self._backoff = backoff_secs
         self._max_backoff = max_backoff_secs
@@ -78,10 +83,15 @@ class WriteQueue:
         """Queue a write; the returned future resolves True once stored (or purged), False if given up."""
         if self._closing:
             raise RuntimeError("write queue is closed")
+        if not durable:
+            await self._room.acquire()
+            if self._closing:
+                self._room.release()
+                raise RuntimeError("write queue is closed")
         job = WriteJob(run=run, tag=tag, durable=durable)
         self._set_pending(+1)
         self._jobs.add(job)
-        await self._queue.put(job)
+        self._queue.put_nowait(job)
         return job.done
 
     def purge(self, predicate: Callable[[Any], bool]) -> int:
@@ -152,6 +162,8 @@ class WriteQueue:
             return
         self._jobs.discard(job)
         self._set_pending(-1)
+        if not job.durable:
+            self._room.release()
         if not job.done.done():
             job.done.set_result(ok)
 

@@ -48,12 +48,30 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     return settings
 
 
+class EarlySignals:
+    """SIGTERM / SIGINT that arrive before the event loop handles them (imports, app start-up).
+
+    Without this, a signal in those seconds kills the process with the default action (exit -15): a
+    worker that ``serve --workers`` stops while it is still starting, or a pod deleted during start-up,
+    would die instead of exiting cleanly. ``run_server`` takes them over and drains at once.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._record)
+
+    def _record(self, signum: int, _frame: object) -> None:
+        self.received.append(signal.Signals(signum).name)
+
+
 def serve(args: argparse.Namespace) -> int:
+    early = EarlySignals()  # the supervisor, if this becomes one, installs its own handlers
     settings = _settings(args, host=args.host, port=args.port, workers=args.workers)
     configure_logging(settings.log_format, settings.log_level)
     _bootstrap_tenants(settings)
     if settings.workers > 1 and settings.worker_index is None:
-        return _supervise(settings, args)
+        return _supervise(settings, args, early)
 
     from gateway.app import create_app
     from gateway.locallm import LocalLLMServer
@@ -74,13 +92,13 @@ def serve(args: argparse.Namespace) -> int:
             return 2
         # After the app's own start-up (imports done, tenant backends built): gateway.runtime.
         app.on_startup.append(tune_gc_on_startup)
-        return asyncio.run(run_server(app, settings))
+        return asyncio.run(run_server(app, settings, early))
     finally:
         if local_llm is not None:
             local_llm.stop()
 
 
-def _supervise(settings: Settings, args: argparse.Namespace) -> int:
+def _supervise(settings: Settings, args: argparse.Namespace, early: EarlySignals) -> int:
     """``--workers N``: this process supervises N gateway processes (``gateway.workers``)."""
     from gateway.locallm import LocalLLMServer
     from gateway.workers import Supervisor
@@ -103,13 +121,13 @@ def _supervise(settings: Settings, args: argparse.Namespace) -> int:
             update={"llm_base_url": local_llm.start(), "llm_model": local_llm.model}
         )
     try:
-        return Supervisor(settings, settings.workers, argv).run()
+        return Supervisor(settings, settings.workers, argv).run(early.received)
     finally:
         if local_llm is not None:
             local_llm.stop()
 
 
-async def run_server(app: Any, settings: Settings) -> int:
+async def run_server(app: Any, settings: Settings, early: EarlySignals | None = None) -> int:
     """Serve until SIGTERM or SIGINT, then drain (uvicorn's order; LiveKit Agents' drain):
 
     1. first signal: readiness goes false, ``/start`` answers 503 and new sockets 1001, while the
@@ -128,6 +146,18 @@ async def run_server(app: Any, settings: Settings) -> int:
     from gateway.keys import registry_key
 
     log = get_logger("gateway.cli")
+    loop = asyncio.get_running_loop()
+    signals: asyncio.Queue[str] = asyncio.Queue(maxsize=8)
+
+    def received(name: str) -> None:  # a handler only queues the signal (uvicorn's rule)
+        if not signals.full():
+            signals.put_nowait(name)
+
+    # Before the app starts up: a signal during start-up is queued, and drains as soon as it is up.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, received, sig.name)
+    for name in early.received if early is not None else ():
+        received(name)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -147,15 +177,6 @@ async def run_server(app: Any, settings: Settings) -> int:
         await web.TCPSite(runner, settings.host, worker_port(settings, settings.worker_index)).start()
     log.info("gateway.listening", host=settings.host, ports=[a[1] for a in runner.addresses])
 
-    loop = asyncio.get_running_loop()
-    signals: asyncio.Queue[str] = asyncio.Queue(maxsize=8)
-
-    def received(name: str) -> None:  # a handler only queues the signal (uvicorn's rule)
-        if not signals.full():
-            signals.put_nowait(name)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, received, sig.name)
     forced = False
     second: asyncio.Task[str] | None = None
     try:
@@ -186,6 +207,8 @@ async def run_server(app: Any, settings: Settings) -> int:
             second.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+            # The process is on its way out: a late signal must not turn exit 0/1 into death by it.
+            signal.signal(sig, signal.SIG_IGN)
     log.info("gateway.stopped", forced=forced)
     return 1 if forced else 0
 

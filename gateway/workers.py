@@ -82,10 +82,15 @@ class Supervisor:
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._signals.append(signum)  # handled in the loop, never here
 
-    def run(self) -> int:
+    def run(self, pending: list[str] | None = None) -> int:
+        """Supervise until every worker has exited; ``pending``: signals received before this ran."""
         from gateway.tokens import load_or_create_secret
         from memory.postgres import EmbeddedPostgres, prepare_database
 
+        # First of all: a SIGTERM while PostgreSQL starts must stop it again, not orphan it.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        self._signals.extend(signal.Signals[name] for name in pending or ())
         settings = self._settings
         if settings.token_secret is None:
             load_or_create_secret(settings.data_dir)
@@ -97,8 +102,6 @@ class Supervisor:
             log.info("workers.postgres_started", workers=len(self._workers))
         try:
             prepare_database(url)
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(sig, self._on_signal)
             for worker in self._workers:
                 self._spawn(worker, url)
             return self._supervise(url)

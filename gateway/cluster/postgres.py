@@ -72,6 +72,7 @@ class PostgresRegistry(SessionRegistry):
     """Leases, spent tokens and ``/start`` buckets in PostgreSQL, shared by every process using it."""
 
     backend = "postgres"
+    STATE_CONCURRENCY = 8  # connections to PostgreSQL per process; a tenant's calls queue on its lock
 
     def __init__(
         self, *, database_url: str, lease_ttl_secs: float = 15.0, timeout_secs: float = 2.0, **kwargs: Any
@@ -91,7 +92,11 @@ class PostgresRegistry(SessionRegistry):
         if self._pool is None:
             raise ClusterUnavailable("not started")
         try:
-            async with self._pool.connection(timeout=self._timeout) as conn, conn.transaction():
+            async with (
+                self.state_slots,
+                self._pool.connection(timeout=self._timeout) as conn,
+                conn.transaction(),
+            ):
                 await conn.execute(
                     "SELECT set_config('statement_timeout', %s, true)", (f"{int(self._timeout * 1000)}ms",)
                 )
@@ -110,7 +115,12 @@ class PostgresRegistry(SessionRegistry):
 
     async def start(self) -> None:
         self._pool = AsyncConnectionPool(
-            self._url, min_size=1, max_size=4, open=False, name="session-state", kwargs={"autocommit": True}
+            self._url,
+            min_size=1,
+            max_size=self.STATE_CONCURRENCY,  # one per call in flight: no call waits for the pool
+            open=False,
+            name="session-state",
+            kwargs={"autocommit": True},
         )
         await self._pool.open(wait=True, timeout=30.0)
         async with self._transaction("schema", lock="gateway_session_state_schema") as conn:

@@ -156,6 +156,8 @@ class RedisRegistry(SessionRegistry):
             retry=Retry(NoBackoff(), 0),
             health_check_interval=30,
             decode_responses=True,
+            # Calls are bounded by ``state_slots``; the renewal loop may need one more.
+            max_connections=self.STATE_CONCURRENCY + 2,
         )
         self._acquire_script = self._redis.register_script(ACQUIRE)
         self._release_script = self._redis.register_script(RELEASE)
@@ -171,7 +173,7 @@ class RedisRegistry(SessionRegistry):
     async def _call(self, operation: str, call: Awaitable[T]) -> T:
         """One Redis round trip under the timeout; failures are counted and raise ``ClusterUnavailable``."""
         try:
-            async with asyncio.timeout(self._timeout):
+            async with self.state_slots, asyncio.timeout(self._timeout):
                 result = await call
         except (RedisError, OSError, TimeoutError) as e:
             self._track(operation, e)

@@ -133,6 +133,17 @@ class SessionRegistry(abc.ABC):
 
     _up = True
     lease_ttl_secs = 15.0
+    # Calls to the shared state in flight at once, per process; the rest wait their turn, in order.
+    # A 500-connect burst otherwise opened hundreds of connections at once and timed out on them
+    # (bench/scenarios/burst_workers.py); the timeout of a call starts once it has its turn.
+    STATE_CONCURRENCY = 16
+    _state_slots: asyncio.Semaphore | None = None
+
+    @property
+    def state_slots(self) -> asyncio.Semaphore:
+        if self._state_slots is None:
+            self._state_slots = asyncio.Semaphore(self.STATE_CONCURRENCY)
+        return self._state_slots
 
     def _track(self, operation: str, error: BaseException | None) -> None:
         """Count a failed call, and log the shared state's going down or coming back, once each."""

@@ -166,15 +166,19 @@ async def run_server(app: Any, settings: Settings, early: EarlySignals | None = 
         **server_options(settings),
     )
     await runner.setup()
+    # aiohttp's default listen backlog (128) overflowed under a 500-connect burst on two workers: the
+    # kernel dropped SYNs and each cost its client a 1 s retransmit. The kernel caps it at somaxconn.
+    backlog = 2048
     if settings.worker_index is None:
-        await web.TCPSite(runner, settings.host, settings.port).start()
+        await web.TCPSite(runner, settings.host, settings.port, backlog=backlog).start()
     else:
         # The shared port (SO_REUSEPORT: the kernel spreads connections over the workers) and this
         # worker's own, which its /start puts into wsUrl (gateway.workers).
         from gateway.workers import worker_port
 
-        await web.TCPSite(runner, settings.host, settings.port, reuse_port=True).start()
-        await web.TCPSite(runner, settings.host, worker_port(settings, settings.worker_index)).start()
+        await web.TCPSite(runner, settings.host, settings.port, reuse_port=True, backlog=backlog).start()
+        port = worker_port(settings, settings.worker_index)
+        await web.TCPSite(runner, settings.host, port, backlog=backlog).start()
     log.info("gateway.listening", host=settings.host, ports=[a[1] for a in runner.addresses])
 
     forced = False

@@ -10,10 +10,14 @@ kept in three small tables:
 ``gateway_spent_tokens``    token ID → expires_at
 ``gateway_start_buckets``   tenant → tokens, updated_at
 
-A lease is taken in one transaction under a per-tenant advisory lock, so concurrent processes cannot
-overshoot; times come from the database's clock (``now()``). Expired rows are deleted as they are met.
-Each check is one or two round trips on a local socket (≈0.2-0.5 ms); a cluster with many replicas and
-high ``/start`` rates is better served by Redis, whose scripts run without row locks or WAL.
+A lease is taken, and a ``/start`` token drawn, by one SQL function call — one round trip, its own
+transaction — that first takes a per-tenant advisory lock, so concurrent processes cannot overshoot;
+times come from the database's clock (``now()``). Spending a token is one ``INSERT … ON CONFLICT DO
+NOTHING``. Expired leases are deleted as they are met, expired tokens by the renewal loop. Under a
+500-connect burst the first version (4-6 round trips per check, each holding the tenant's lock) made
+``/start`` wait seconds; a tenant's checks are still serialised on its lock, so a cluster with many
+replicas and high ``/start`` rates is better served by Redis, whose scripts run without row locks or
+WAL.
 """
 
 from __future__ import annotations
@@ -44,19 +48,42 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS gateway_spent_tokens_expiry ON gateway_spent_tokens (expires_at)",
     """CREATE TABLE IF NOT EXISTS gateway_start_buckets (
         tenant text PRIMARY KEY, tokens double precision NOT NULL, updated_at timestamptz NOT NULL)""",
+    # True if the session now holds a lease: below the limit, or it held one already (taken over).
+    """CREATE OR REPLACE FUNCTION gateway_acquire_lease(
+        p_tenant text, p_sid text, p_holder text, p_ttl float8, p_limit int) RETURNS boolean
+    LANGUAGE plpgsql AS $$
+    DECLARE live int; mine boolean;
+    BEGIN
+        PERFORM pg_advisory_xact_lock(hashtext('gateway_lease:' || p_tenant));
+        DELETE FROM gateway_session_leases WHERE tenant = p_tenant AND expires_at <= now();
+        SELECT count(*), coalesce(bool_or(session_id = p_sid), false) INTO live, mine
+            FROM gateway_session_leases WHERE tenant = p_tenant;
+        IF NOT mine AND live >= p_limit THEN
+            RETURN false;
+        END IF;
+        INSERT INTO gateway_session_leases (tenant, session_id, holder, expires_at)
+            VALUES (p_tenant, p_sid, p_holder, now() + make_interval(secs => p_ttl))
+            ON CONFLICT (tenant, session_id)
+            DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at;
+        RETURN true;
+    END $$""",
+    # Seconds until a token is available: 0 (one was taken) or the wait.
+    """CREATE OR REPLACE FUNCTION gateway_take_start(p_tenant text, p_rate float8, p_burst float8)
+        RETURNS float8
+    LANGUAGE plpgsql AS $$
+    DECLARE tokens float8; idle float8;
+    BEGIN
+        PERFORM pg_advisory_xact_lock(hashtext('gateway_start:' || p_tenant));
+        SELECT b.tokens, extract(epoch FROM now() - b.updated_at)::float8 INTO tokens, idle
+            FROM gateway_start_buckets b WHERE b.tenant = p_tenant;
+        tokens := CASE WHEN tokens IS NULL THEN p_burst
+                       ELSE least(p_burst, tokens + greatest(0, idle) * p_rate) END;
+        INSERT INTO gateway_start_buckets AS b VALUES (p_tenant, CASE WHEN tokens >= 1 THEN tokens - 1
+                                                                      ELSE tokens END, now())
+            ON CONFLICT (tenant) DO UPDATE SET tokens = EXCLUDED.tokens, updated_at = now();
+        RETURN CASE WHEN tokens >= 1 THEN 0 ELSE (1 - tokens) / p_rate END;
+    END $$""",
 )
-
-_ACQUIRE = """
-WITH live AS (
-    SELECT count(*) AS n, coalesce(bool_or(session_id = %(sid)s), false) AS mine
-    FROM gateway_session_leases WHERE tenant = %(tenant)s AND expires_at > now()
-)
-INSERT INTO gateway_session_leases (tenant, session_id, holder, expires_at)
-SELECT %(tenant)s, %(sid)s, %(holder)s, now() + make_interval(secs => %(ttl)s) FROM live
-WHERE live.mine OR live.n < %(limit)s
-ON CONFLICT (tenant, session_id) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
-RETURNING 1
-"""
 
 _RENEW = """
 INSERT INTO gateway_session_leases (tenant, session_id, holder, expires_at)
@@ -97,9 +124,6 @@ class PostgresRegistry(SessionRegistry):
                 self._pool.connection(timeout=self._timeout) as conn,
                 conn.transaction(),
             ):
-                await conn.execute(
-                    "SELECT set_config('statement_timeout', %s, true)", (f"{int(self._timeout * 1000)}ms",)
-                )
                 if lock is not None:
                     await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
                 yield conn
@@ -107,6 +131,20 @@ class PostgresRegistry(SessionRegistry):
             self._track(operation, e)
             raise ClusterUnavailable(operation) from e
         self._track(operation, None)
+
+    async def _one(self, operation: str, statement: str, params: Any) -> Any:
+        """One statement, one round trip, its own transaction; its first column of its one row."""
+        if self._pool is None:
+            raise ClusterUnavailable("not started")
+        try:
+            async with self.state_slots, self._pool.connection(timeout=self._timeout) as conn:
+                cursor = await conn.execute(statement, params)
+                row = await cursor.fetchone()
+        except (psycopg.Error, PoolTimeout, OSError) as e:
+            self._track(operation, e)
+            raise ClusterUnavailable(operation) from e
+        self._track(operation, None)
+        return None if row is None else row[0]
 
     async def _rows(self, operation: str, statement: str, params: Any, lock: str | None = None) -> list[Any]:
         async with self._transaction(operation, lock) as conn:
@@ -121,6 +159,7 @@ class PostgresRegistry(SessionRegistry):
             open=False,
             name="session-state",
             kwargs={"autocommit": True},
+            configure=self._configure,
         )
         await self._pool.open(wait=True, timeout=30.0)
         async with self._transaction("schema", lock="gateway_session_state_schema") as conn:
@@ -128,6 +167,10 @@ class PostgresRegistry(SessionRegistry):
                 await conn.execute(statement)
         log.info("session_state.ready", backend=self.backend, lease_ttl_secs=self.lease_ttl_secs)
         self._renewer = asyncio.create_task(self._renew_forever(), name="lease-renewal")
+
+    async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Every statement on these connections is bounded by the call timeout, server side too."""
+        await conn.execute(f"SET statement_timeout = {int(self._timeout * 1000)}")
 
     async def close(self) -> None:
         if self._renewer is not None:
@@ -140,19 +183,12 @@ class PostgresRegistry(SessionRegistry):
             await self._pool.close()
 
     async def _acquire(self, tenant: TenantConfig, lease: Lease) -> bool:
-        params = {
-            "tenant": tenant.name,
-            "sid": lease.session_id,
-            "holder": lease.holder,
-            "ttl": self.lease_ttl_secs,
-            "limit": tenant.max_sessions,
-        }
-        async with self._transaction("acquire", lock=f"gateway_lease:{tenant.name}") as conn:
-            await conn.execute(
-                "DELETE FROM gateway_session_leases WHERE tenant = %s AND expires_at <= now()", (tenant.name,)
-            )
-            cursor = await conn.execute(_ACQUIRE, params)
-            return (await cursor.fetchone()) is not None
+        held = await self._one(
+            "acquire",
+            "SELECT gateway_acquire_lease(%s, %s, %s, %s, %s)",
+            (tenant.name, lease.session_id, lease.holder, self.lease_ttl_secs, tenant.max_sessions),
+        )
+        return bool(held)
 
     async def _release(self, lease: Lease) -> None:
         await self._rows(
@@ -162,41 +198,31 @@ class PostgresRegistry(SessionRegistry):
         )
 
     async def _spend(self, claims: SessionClaims) -> bool:
-        async with self._transaction("spend_token") as conn:
-            await conn.execute("DELETE FROM gateway_spent_tokens WHERE expires_at < now()")
-            cursor = await conn.execute(
-                "INSERT INTO gateway_spent_tokens VALUES (%s, to_timestamp(%s)) ON CONFLICT DO NOTHING "
-                "RETURNING 1",
-                (claims.session_id, claims.expires_at),
-            )
-            return (await cursor.fetchone()) is not None
+        fresh = await self._one(
+            "spend_token",
+            "INSERT INTO gateway_spent_tokens VALUES (%s, to_timestamp(%s))"
+            " ON CONFLICT DO NOTHING RETURNING 1",
+            (claims.session_id, claims.expires_at),
+        )
+        return fresh is not None
 
     async def _take_start(self, tenant: TenantConfig) -> int:
         rate = tenant.start_rate
         try:
-            async with self._transaction("start_rate", lock=f"gateway_start:{tenant.name}") as conn:
-                cursor = await conn.execute(
-                    "SELECT tokens, extract(epoch FROM now() - updated_at)::float8 "
-                    "FROM gateway_start_buckets WHERE tenant = %s",
-                    (tenant.name,),
+            wait = float(
+                await self._one(
+                    "start_rate",
+                    "SELECT gateway_take_start(%s, %s, %s)",
+                    (tenant.name, float(rate.per_second), float(rate.burst)),
                 )
-                row = await cursor.fetchone()
-                tokens = (
-                    float(rate.burst)
-                    if row is None
-                    else min(rate.burst, row[0] + max(0.0, row[1]) * rate.per_second)
-                )
-                wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate.per_second
-                await conn.execute(
-                    "INSERT INTO gateway_start_buckets VALUES (%s, %s, now()) "
-                    "ON CONFLICT (tenant) DO UPDATE SET tokens = EXCLUDED.tokens, updated_at = now()",
-                    (tenant.name, tokens - 1.0 if wait == 0.0 else tokens),
-                )
+            )
         except ClusterUnavailable:
             return self._fallback.acquire(tenant.name, rate)  # fails open, to this process's bucket
-        return 0 if wait == 0.0 else max(1, math.ceil(wait))
+        return 0 if wait <= 0 else max(1, math.ceil(wait))
 
     async def renew(self) -> int:
+        # Spent tokens are kept until they expire; sweep them here, not in every spend.
+        await self._rows("renew", "DELETE FROM gateway_spent_tokens WHERE expires_at < now()", ())
         leases = self._held_leases()
         if not leases:
             return 0

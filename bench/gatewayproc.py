@@ -15,6 +15,13 @@ JSON line each:
   "fds": entries of /proc/self/fd, "tasks": len(asyncio.all_tasks()), "task_names": {name: count},
   "threads", "gc_objects", "sessions": live}`` (the soak's leak probes).
 
+* ``{"cmd": "trace", "frames": F}`` — start ``tracemalloc`` (F frames per allocation) and take the
+  reference snapshot; answers ``{"event": "trace"}``.
+* ``{"cmd": "trace_diff", "top": N, "settle": S, "timeout": T}`` — once settled (as ``sample``),
+  compare a new snapshot with the reference, grouped by traceback; answers ``{"event":
+  "trace_diff", "kib": total growth, "top": [{"kib", "count", "where": [frames, innermost last]}]}``:
+  where a growth that ``gc_objects`` does not show (strings, bytes in a cache) lives.
+
 It stops when stdin closes.
 """
 
@@ -60,6 +67,7 @@ async def _serve() -> None:
     ) as gw:
         _emit("listening", url=gw.base_url, key=gw.api_key, tenant=gw.tenant, pid=os.getpid())
         registry = gw.app[registry_key]
+        reference: Any = None  # the tracemalloc snapshot of ``trace``
         while line := await reader.readline():
             command = json.loads(line)
             if command["cmd"] == "sessions":
@@ -79,6 +87,33 @@ async def _serve() -> None:
                 await asyncio.sleep(float(command["settle"]))
                 gc.collect()
                 _emit("sample", settled=settled, **_probe(registry))
+            elif command["cmd"] == "trace":
+                import tracemalloc
+
+                tracemalloc.start(int(command.get("frames", 8)))
+                gc.collect()
+                reference = tracemalloc.take_snapshot()
+                _emit("trace")
+            elif command["cmd"] == "trace_diff":
+                import tracemalloc
+
+                await _settled(gw.app, float(command.get("timeout", 60)))
+                gc.collect()
+                await asyncio.sleep(float(command.get("settle", 1.0)))
+                gc.collect()
+                stats = tracemalloc.take_snapshot().compare_to(reference, "traceback")
+                _emit(
+                    "trace_diff",
+                    kib=round(sum(st.size_diff for st in stats) / 1024, 1),
+                    top=[
+                        {
+                            "kib": round(st.size_diff / 1024, 1),
+                            "count": st.count_diff,
+                            "where": [f"{f.filename}:{f.lineno}" for f in st.traceback],
+                        }
+                        for st in stats[: int(command.get("top", 15))]
+                    ],
+                )
             else:
                 raise SystemExit(f"unknown command {command['cmd']!r}")
 

@@ -12,7 +12,10 @@ Two roles, each a small line-oriented JSON protocol over stdin/stdout so the ben
     * ``{"cmd": "open", "sessions": N, "rate": R}`` — open N more RTVI sessions, R per second (0: all
       at once; default: the config's ``arrival_rate``): ``POST /start``, WebSocket, ``client-ready``,
       each timed connect → the greeting's ``bot-llm-stopped``; answers ``{"event": "opened", ...}``
-      once every one of them is greeted or failed.
+      once every one of them is greeted or failed: ``start_secs`` (``POST /start``), ``greeting_secs``
+      (connect → greeting), ``released_secs`` (the command's release of the sessions → greeting),
+      ``ws_ports`` (greeted sessions by the port of their ``wsUrl``: the worker under ``--workers``)
+      and ``errors`` (kind → count, so far).
     * ``{"cmd": "turns", "turns": K, "think_secs": T}`` — every held session sends K ``send-text`` turns,
       each after a random pause in [0, T), timing send → reply's ``bot-llm-stopped``; answers ``turned``.
     * ``{"cmd": "close"}`` — close every session; answers ``closed`` with all samples and errors.
@@ -45,6 +48,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -122,6 +126,9 @@ class LoadGenerator:
     http: aiohttp.ClientSession
     sessions: list[ClientSession] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
+    # perf_counter() when the current ``open`` released its sessions; wsUrl ports of greeted sessions.
+    released: float = 0.0
+    ws_ports: Counter[int] = field(default_factory=Counter)
 
     async def _bot_turn(self, session: ClientSession, timeout: float) -> str:
         """Text of the next bot response, up to its ``bot-llm-stopped``."""
@@ -141,8 +148,9 @@ class LoadGenerator:
                 elif kind == "error":
                     raise RuntimeError("rtvi error")
 
-    async def _open_one(self, index: int) -> tuple[float, float] | None:
-        """One session: (/start seconds, connect → greeting seconds), or None after counting an error."""
+    async def _open_one(self, index: int) -> tuple[float, float, float] | None:
+        """One session: (/start seconds, connect → greeting seconds, release → greeting seconds), or
+        None after counting an error."""
         cfg = self.config
         session = ClientSession(index)
         try:
@@ -168,7 +176,10 @@ class LoadGenerator:
             await self._bot_turn(session, cfg.greeting_timeout)
             t2 = time.perf_counter()
             session.greeted = True
-            return t1 - t0, t2 - t1
+            port = urlsplit(url).port
+            if port is not None:
+                self.ws_ports[port] += 1
+            return t1 - t0, t2 - t1, t2 - self.released
         except TimeoutError:
             self.errors["greeting_timeout"] += 1
         except (aiohttp.ClientError, ConnectionError, RuntimeError, OSError, ValueError) as e:
@@ -178,8 +189,9 @@ class LoadGenerator:
     async def open(self, count: int, rate: float | None = None) -> dict[str, Any]:
         start = len(self.sessions)
         rate = self.config.arrival_rate if rate is None else rate
-        tasks: list[asyncio.Task[tuple[float, float] | None]] = []
-        began = time.perf_counter()
+        tasks: list[asyncio.Task[tuple[float, float, float] | None]] = []
+        self.ws_ports.clear()
+        began = self.released = time.perf_counter()
         done = 0
 
         def _progress(_: object) -> None:
@@ -201,6 +213,9 @@ class LoadGenerator:
             "opened": len(ok),
             "start_secs": [r[0] for r in ok],
             "greeting_secs": [r[1] for r in ok],
+            "released_secs": [r[2] for r in ok],
+            "ws_ports": {str(port): n for port, n in sorted(self.ws_ports.items())},
+            "errors": dict(self.errors),
             "wall_secs": time.perf_counter() - began,
         }
 

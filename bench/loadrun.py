@@ -257,6 +257,16 @@ class GatewayProcess:
         await self._child.send({"cmd": "sample", "settle": settle, "timeout": timeout})
         return await self._child.expect("sample", settle + timeout + 60)
 
+    async def trace(self, frames: int = 8) -> None:
+        """Start ``tracemalloc`` in the gateway and take the reference snapshot (``trace_diff``)."""
+        await self._child.send({"cmd": "trace", "frames": frames})
+        await self._child.expect("trace", 60)
+
+    async def trace_diff(self, top: int = 15, timeout: float = 60.0) -> dict[str, Any]:
+        """Once settled: what was allocated since ``trace`` and is still held, by traceback."""
+        await self._child.send({"cmd": "trace_diff", "top": top, "timeout": timeout})
+        return await self._child.expect("trace_diff", timeout + 120)
+
 
 class Target(Protocol):
     """Where clients connect: a gateway in this process or in a child."""
@@ -273,6 +283,11 @@ class Clients:
 
     def __init__(self, child: Child) -> None:
         self._child = child
+
+    @property
+    def pid(self) -> int:
+        """The generator's process ID (its CPU time is in ``/proc/<pid>``)."""
+        return int(self._child.proc.pid)
 
     @classmethod
     @contextlib.asynccontextmanager

@@ -30,7 +30,7 @@ from bench.harness import BenchContext, ScenarioResult, machine_info
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 # Scenarios run in this order (the numbering); any other module found runs after, by name.
-ORDER = ["greeting", "floor", "concurrency", "rss", "search", "writes", "redis_cost", "soak"]
+ORDER = ["greeting", "floor", "concurrency", "rss", "search", "writes", "redis_cost", "soak", "burst_workers"]
 
 
 def discover(broken: dict[str, str] | None = None) -> dict[str, ModuleType]:

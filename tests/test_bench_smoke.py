@@ -1,5 +1,6 @@
 """The benchmark harness still runs: ``python -m bench --smoke`` for the scenarios of issue 6's harness
-(greeting vs the naive recipe, floor, search, writes), asserting shape, never timing."""
+(greeting vs the naive recipe, floor, search, writes) and the ``serve --workers`` burst (10 sessions
+against real ``memory-gateway serve`` processes, one and two workers), asserting shape, never timing."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from bench import plots, runner
 
-SCENARIOS = ["greeting", "floor", "search", "writes"]
+SCENARIOS = ["greeting", "floor", "search", "writes", "burst_workers"]
 
 
 async def test_smoke_run_writes_well_formed_results(

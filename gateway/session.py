@@ -7,20 +7,20 @@ to store, and reports its outcome. ``close()`` is idempotent and used by every t
 Pipeline (text mode)::
 
     transport.input ─▶ [RTVI, added by the worker] ─▶ user aggregator ─▶ GatewayMemoryService
-        ─▶ LLM ─▶ TextOnlyOutput ─▶ LLMTextProcessor ─▶ transport.output ─▶ assistant aggregator
+        ─▶ LLM ─▶ TextOnlyTextProcessor ─▶ transport.output ─▶ assistant aggregator
 
-``LLMTextProcessor`` turns LLM tokens into sentence-sized ``AggregatedTextFrame``s; with ``skip_tts``
-set (text mode) RTVI then emits ``bot-output`` for them, which is what web clients display. RTVI's own
-messages are written as the frames they report on are pushed, or queued to the transport output when
-the socket is backed up (``gateway.rtvi``), and the greeting is pushed from the LLM service, like a
-reply.
+``TextOnlyTextProcessor`` (Pipecat's ``LLMTextProcessor``, marking text ``skip_tts`` first) turns LLM
+tokens into sentence-sized ``AggregatedTextFrame``s; with ``skip_tts`` set (text mode) RTVI then emits
+``bot-output`` for them, which is what web clients display. RTVI's own messages are written as the
+frames they report on are pushed, or queued to the transport output when the socket is backed up
+(``gateway.rtvi``), and the greeting is pushed from the LLM service, like a reply.
 
 A session is usually assembled and started at ``/start``, before its client connects (``ws=None``):
 ``attach()`` hands it the socket on connect, and ``on_client_connected`` (greeting, metrics) fires then.
 
 Voice mode (the tenant's optional ``stt`` / ``tts``, built by ``gateway.voice``) adds the STT after the
-transport input (with a VAD on the user aggregator) and puts the TTS where ``TextOnlyOutput`` and
-``LLMTextProcessor`` stand::
+transport input (with a VAD on the user aggregator) and puts the TTS where ``TextOnlyTextProcessor``
+stands::
 
     transport.input ─▶ [RTVI] ─▶ [STT] ─▶ user aggregator (+VAD) ─▶ GatewayMemoryService ─▶ LLM
         ─▶ [TTS] ─▶ transport.output ─▶ assistant aggregator
@@ -49,7 +49,6 @@ from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
     LLMUserAggregatorParams,
 )
-from pipecat.processors.aggregators.llm_text_processor import LLMTextProcessor
 from pipecat.processors.frame_processor import FrameProcessor, FrameProcessorSetup
 from pipecat.processors.frameworks.rtvi.observer import RTVIObserver
 from pipecat.services.mem0.memory import Mem0MemoryService
@@ -61,7 +60,7 @@ from pipecat.workers.runner import WorkerRunner
 
 from gateway import closecodes
 from gateway import greeting as greetings
-from gateway.llm import LLMNotConfigured, OpenAIClients, TextOnlyOutput, create_llm, resolve_endpoint
+from gateway.llm import LLMNotConfigured, OpenAIClients, TextOnlyTextProcessor, create_llm, resolve_endpoint
 from gateway.logging import get_logger
 from gateway.metrics import GatewayMetrics
 from gateway.observers import SessionMetricsObserver, TurnEnd
@@ -274,10 +273,10 @@ class SessionWorker(PipelineWorker):
 def _text_output() -> list[FrameProcessor]:
     """Text mode's stand-in for a TTS: mark text not-to-be-spoken, then aggregate it into sentences.
 
-    Both in Pipecat's direct mode: they never wait on anything, so a frame goes straight through
-    them on the pushing task instead of through two more queues and four more tasks per session.
+    In Pipecat's direct mode: it never waits on anything, so a frame goes straight through it on
+    the pushing task instead of through two more queues and two more tasks per session.
     """
-    return [TextOnlyOutput(enable_direct_mode=True), LLMTextProcessor(enable_direct_mode=True)]
+    return [TextOnlyTextProcessor(enable_direct_mode=True)]
 
 
 def _run_inline(*processors: FrameProcessor) -> None:

@@ -4,7 +4,7 @@ Text mode is what a session runs with neither configured. ``stt`` adds Pipecat's
 ``OpenAISTTService`` after the transport input, with a Silero VAD on the user aggregator (where Pipecat
 1.14 expects it: the aggregator broadcasts the VAD's speaking frames, so the STT upstream of it still sees
 them) and turn strategies that fit VAD + STT. ``tts`` puts ``OpenAITTSService`` after the LLM in place of
-text mode's ``TextOnlyOutput`` + ``LLMTextProcessor``: bot text is then spoken, and RTVI still sends
+text mode's ``TextOnlyTextProcessor``: bot text is then spoken, and RTVI still sends
 ``bot-output`` / ``bot-llm-text`` as the audio goes out. Either half works alone.
 
 What a voice session would otherwise pay on the event loop before saying a word (``bench/voice_construction``,

@@ -1,0 +1,110 @@
+"""Contract of the seam to Pipecat's private parts (``gateway/pipecatcompat.py``).
+
+These fail loudly when a Pipecat upgrade changes what the gateway relies on: ``BaseWorker.__init__``
+still discovers its handlers through the two module-level collectors ``cache_worker_handlers``
+replaces, and the per-class lookup finds exactly what Pipecat's own collectors find — the same keys,
+the same bound methods, the same refusal of duplicates — for workers with and without handlers.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from pipecat.pipeline import job_decorator, worker_ready_decorator
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineWorker
+from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.workers import base_worker
+from pipecat.workers.base_worker import BaseWorker
+
+from gateway import pipecatcompat
+from gateway.pipecatcompat import ORIGINAL_COLLECTORS, cache_worker_handlers
+from gateway.session import SessionWorker
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+# Pipecat's decorators are untyped; typed here so the handlers below stay typed.
+job: Callable[..., Decorator] = job_decorator.job
+worker_ready: Callable[..., Decorator] = worker_ready_decorator.worker_ready
+
+
+class Helper(PipelineWorker):
+    @job(name="research")
+    async def on_research(self, message: Any) -> None: ...
+
+    @worker_ready(name="greeter")
+    async def on_greeter_ready(self, data: Any) -> None: ...
+
+    @job(name="write", sequential=True)
+    async def on_write(self, message: Any) -> None: ...
+
+
+class Overriding(Helper):
+    # Redefined without the decorator: Pipecat takes the first definition along the MRO, unmarked.
+    async def on_research(self, message: Any) -> None: ...
+
+    @job(name="summarise")
+    async def on_summary(self, message: Any) -> None: ...
+
+
+class Duplicate(PipelineWorker):
+    @job(name="same")
+    async def first(self, message: Any) -> None: ...
+
+    @job(name="same")
+    async def second(self, message: Any) -> None: ...
+
+
+def _worker(cls: type[PipelineWorker]) -> PipelineWorker:
+    kwargs: dict[str, Any] = {"enable_rtvi": False, "idle_timeout_secs": None, "check_dangling_tasks": False}
+    return cls(Pipeline([FrameProcessor()]), **kwargs)
+
+
+def test_base_worker_still_discovers_handlers_through_the_collectors_we_replace() -> None:
+    source = inspect.getsource(BaseWorker.__init__)
+    for name in ORIGINAL_COLLECTORS:
+        assert f"{name}(self)" in source, f"BaseWorker.__init__ no longer calls {name}(self)"
+        assert hasattr(base_worker, name), f"pipecat.workers.base_worker has no {name}"
+
+
+@pytest.mark.parametrize("cls", [Helper, Overriding, PipelineWorker, SessionWorker])
+@pytest.mark.parametrize("name", list(ORIGINAL_COLLECTORS))
+def test_per_class_lookup_finds_what_pipecat_finds(cls: type[PipelineWorker], name: str) -> None:
+    original, key_of = ORIGINAL_COLLECTORS[name]
+    worker = _worker(cls)
+    expected = original(worker)
+    cached = pipecatcompat._per_class(key_of)
+    for _ in range(2):  # computed, then from the cache
+        assert cached(worker) == expected
+    other = _worker(cls)
+    assert cached(other) == original(other)
+    assert all(getattr(method, "__self__", None) is other for method in cached(other).values())
+
+
+def test_the_fixture_workers_have_the_handlers_the_comparison_needs() -> None:
+    jobs, ready = (original for original, _ in ORIGINAL_COLLECTORS.values())
+    assert set(jobs(_worker(Helper))) == {"research", "write"}
+    assert set(ready(_worker(Helper))) == {"greeter"}
+    assert set(jobs(_worker(Overriding))) == {"write", "summarise"}
+
+
+@pytest.mark.parametrize("name", list(ORIGINAL_COLLECTORS)[:1])
+def test_duplicate_handlers_are_refused_as_pipecat_refuses_them(name: str) -> None:
+    original, key_of = ORIGINAL_COLLECTORS[name]
+    with pytest.raises(ValueError, match="same"):
+        original(object.__new__(Duplicate))
+    with pytest.raises(ValueError, match="same"):
+        pipecatcompat._per_class(key_of)(object.__new__(Duplicate))
+
+
+def test_installed_workers_get_pipecats_handlers_and_installing_twice_changes_nothing() -> None:
+    cache_worker_handlers()
+    installed = [getattr(base_worker, name) for name in ORIGINAL_COLLECTORS]
+    cache_worker_handlers()
+    assert [getattr(base_worker, name) for name in ORIGINAL_COLLECTORS] == installed
+    worker = _worker(Helper)
+    jobs, ready = (original for original, _ in ORIGINAL_COLLECTORS.values())
+    assert worker._job_handlers == jobs(worker)
+    assert worker._worker_ready_handlers == ready(worker)

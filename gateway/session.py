@@ -121,6 +121,8 @@ class ObserverHub(WorkerObserver):
     Observers of the ``inline`` types are instead told of a push on the pushing task, as it happens:
     RTVI's observer only turns frames into client messages (``gateway.rtvi``), and a message that
     waits for the hub's task reaches the client after whatever else the loop had queued meanwhile.
+    The hub's task is started only once some observer needs the queue: a text session's observers
+    (RTVI's and the metrics one) are all inline, so it has neither the task nor a queued event.
     """
 
     def __init__(
@@ -152,6 +154,8 @@ class ObserverHub(WorkerObserver):
         self._inline = [o for o in self._listeners["push"] if isinstance(o, self._inline_types)]
         self._listeners["push"] = [o for o in self._listeners["push"] if o not in self._inline]
         self._every_push = [o for o in self._listeners["push"] if o.observe_every_push]
+        if self._set_up and self._task is None and any(self._listeners.values()):
+            self._task = self.create_task(self._deliver(), name="observer_hub")
 
     def add_observer(self, observer: BaseObserver) -> None:
         self._hub.append(observer)
@@ -168,7 +172,8 @@ class ObserverHub(WorkerObserver):
     async def setup(self, task_manager: BaseTaskManager) -> None:
         await BaseObserver.setup(self, task_manager)
         self._set_up = True
-        self._task = self.create_task(self._deliver(), name="observer_hub")
+        if any(self._listeners.values()):
+            self._task = self.create_task(self._deliver(), name="observer_hub")
         for observer in list(self._hub):
             await observer.setup(task_manager)
 
@@ -262,12 +267,17 @@ class SessionPipeline(Pipeline):
                 log.exception("processor.cleanup_failed", processor=type(processor).__name__)
 
 
+# Observers a session's hub calls on the pushing task (``ObserverHub``): they only read the frame and
+# write a client message (RTVI's) or update a metric (ours), never wait.
+INLINE_OBSERVERS: tuple[type[BaseObserver], ...] = (RTVIObserver, SessionMetricsObserver)
+
+
 class SessionWorker(PipelineWorker):
     """``PipelineWorker`` with the session's observers behind one ``ObserverHub``."""
 
     def __init__(self, pipeline: BasePipeline, **kwargs: Any) -> None:
         super().__init__(pipeline, **kwargs)
-        self._observer = ObserverHub.replacing(self._observer, inline=(RTVIObserver,))
+        self._observer = ObserverHub.replacing(self._observer, inline=INLINE_OBSERVERS)
 
 
 def _text_output() -> list[FrameProcessor]:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import cProfile
+import gc
 import io
 import json
 import logging
@@ -72,10 +73,12 @@ def _clocks() -> tuple[float, float]:
     return time.thread_time(), cpu_seconds()
 
 
-async def _sample(clients: Clients, sessions: int, timeout: float, gc: GcPauses) -> tuple[float, float, int]:
+async def _sample(
+    clients: Clients, sessions: int, timeout: float, pauses: GcPauses
+) -> tuple[float, float, int]:
     """(loop CPU s, process CPU s, sessions greeted) across one ``open`` command; its collector
-    pauses are added to ``gc``."""
-    with gc.watching():
+    pauses are added to ``pauses``."""
+    with pauses.watching():
         loop0, proc0 = _clocks()
         opened = await clients.open(sessions, timeout, rate=0.0)
         loop1, proc1 = _clocks()
@@ -103,17 +106,17 @@ async def _sequential(
     base_proc: list[float] = []
     errors: dict[str, int] = {}
     failed = 0
-    gc = GcPauses()
-    idle_gc = GcPauses()
+    pauses = GcPauses()
+    idle_pauses = GcPauses()
     for r in range(rounds):
         prefix = f"s{r}-{time.time_ns()}-"
         async with Clients.running(gateway, user_prefix=prefix) as clients:
             for _ in range(max(3, BASELINE_SAMPLES // rounds)):
-                loop_s, proc_s, _ = await _sample(clients, 0, 30.0, idle_gc)
+                loop_s, proc_s, _ = await _sample(clients, 0, 30.0, idle_pauses)
                 base_loop.append(loop_s * 1000)
                 base_proc.append(proc_s * 1000)
             for i in range(per_round):
-                loop_s, proc_s, greeted = await _sample(clients, 1, 60.0, gc)
+                loop_s, proc_s, greeted = await _sample(clients, 1, 60.0, pauses)
                 if greeted != 1:
                     failed += 1
                     continue
@@ -136,9 +139,9 @@ async def _sequential(
         "loop_cpu_total_s": _r(sum(loop_net) / 1000),
         "process_cpu_total_s": _r(sum(proc_net) / 1000),
         "roundtrip_loop_cpu_p50_ms": _r(base_l),
-        "gc_pause_ms_per_session": _r(gc.total * 1000 / max(1, len(loop_ms))),
-        "gc_collections": gc.collections,
-        "gc_full_collections": gc.full_collections,
+        "gc_pause_ms_per_session": _r(pauses.total * 1000 / max(1, len(loop_ms))),
+        "gc_collections": pauses.collections,
+        "gc_full_collections": pauses.full_collections,
         "failed": failed,
     }
     return row, errors
@@ -169,8 +172,8 @@ async def _paced(
     idle_loop_per_s = (idle1[0] - idle0[0]) / idle_secs
     idle_proc_per_s = (idle1[1] - idle0[1]) / idle_secs
     async with Clients.running(gateway, user_prefix=f"p-{time.time_ns()}-") as clients:
-        gc = GcPauses()
-        with gc.watching():
+        pauses = GcPauses()
+        with pauses.watching():
             loop0, proc0 = _clocks()
             wall0 = time.perf_counter()
             opened = await clients.open(
@@ -191,9 +194,9 @@ async def _paced(
         "loop_cpu_total_s": _r(loop_s),
         "process_cpu_total_s": _r(proc_s),
         "idle_loop_cpu_ms_per_s": _r(idle_loop_per_s * 1000),
-        "gc_pause_ms_per_session": _r(gc.total * 1000 / n),
-        "gc_collections": gc.collections,
-        "gc_full_collections": gc.full_collections,
+        "gc_pause_ms_per_session": _r(pauses.total * 1000 / n),
+        "gc_collections": pauses.collections,
+        "gc_full_collections": pauses.full_collections,
         "greeting_p50_ms": _r(percentile(opened["greeting_secs"], 50) * 1000, 2),
         "greeting_p99_ms": _r(percentile(opened["greeting_secs"], 99) * 1000, 2),
         "failed": sessions - int(opened["opened"]),
@@ -201,15 +204,22 @@ async def _paced(
     return row, errors
 
 
-async def _profile(ctx: BenchContext, gateway: LoadGateway, sessions: int) -> tuple[str, list[str]]:
-    """Profile ``sessions`` sequential set-ups on the loop thread; (report text, short top list)."""
+async def _profile(
+    ctx: BenchContext, gateway: LoadGateway, sessions: int
+) -> tuple[str, list[str], dict[str, Any]]:
+    """Profile ``sessions`` sequential set-ups on the loop thread; (report text, short top list, a
+    row of noise-free counts: Python calls per set-up, GC-tracked objects each live session holds)."""
     profiler = cProfile.Profile()
     async with Clients.running(gateway, user_prefix=f"prof-{time.time_ns()}-") as clients:
+        gc.collect()
+        tracked = len(gc.get_objects())
         for i in range(sessions):
             profiler.enable()
             await clients.open(1, 60.0, rate=0.0)
             profiler.disable()
             ctx.progress("profile", i + 1, sessions)
+        gc.collect()
+        tracked = len(gc.get_objects()) - tracked
         await clients.close()
     await gateway.bench.settle(60.0)
     text = io.StringIO()
@@ -229,7 +239,13 @@ async def _profile(ctx: BenchContext, gateway: LoadGateway, sessions: int) -> tu
             f"{func} ({file}:{line}): {tt * 1000 / sessions:.3f} ms/session own time, "
             f"{100 * tt / total:.1f} %, {calls / sessions:.1f} calls/session"
         )
-    return text.getvalue(), top
+    counts = {
+        "phase": "profile (cProfile, counts)",
+        "sessions": sessions,
+        "python_calls_per_session": round(stats.total_calls / sessions),  # type: ignore[attr-defined]
+        "gc_tracked_objects_per_live_session": round(tracked / sessions),
+    }
+    return text.getvalue(), top, counts
 
 
 def _before_rows() -> tuple[list[dict[str, Any]], str | None]:
@@ -266,7 +282,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
                 k: seq_errors.get(k, 0) + logged_errors.get(k, 0) for k in {*seq_errors, *logged_errors}
             }
         paced_row, paced_errors = await _paced(ctx, gateway, paced)
-        report, top = await _profile(ctx, gateway, profiled)
+        report, top, counts = await _profile(ctx, gateway, profiled)
     for kind, count in (*seq_errors.items(), *paced_errors.items()):
         errors[kind] = errors.get(kind, 0) + count
     (ctx.out_dir / PROFILE_FILE).write_text(report, encoding="utf-8")
@@ -274,6 +290,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     if logged is not None:
         rows.append({"code": "this run", **logged})
     rows.append({"code": "this run", **paced_row})
+    rows.append({"code": "this run", **counts})
     before, before_date = ([], None) if smoke else _before_rows()
     loop_p50 = sequential["loop_cpu_p50_ms"]
     targets = [

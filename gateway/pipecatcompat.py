@@ -12,6 +12,15 @@ a Pipecat upgrade moves or changes what it relies on.
   handlers every time. ``cache_worker_handlers()`` has ``BaseWorker`` look them up once per class
   and bind them per instance: the same handlers, bound the same way (``getattr``), the same
   ``ValueError`` for a class with two handlers of one name.
+* **One flat pipeline per worker.** ``PipelineWorker`` wraps the pipeline it is given in one of its
+  own, ``[source, RTVI, <the given pipeline>, sink]``, and the given one is a ``Pipeline`` with a source
+  and a sink of its own: every frame that crosses the session crosses three pass-through processors
+  more (the inner pipeline, its source, its sink), each a push, an observer event and a queue call.
+  ``flatten_worker_pipeline`` rebuilds the worker's pipeline (``PipelineWorker._pipeline``, between its
+  ``_source`` and ``_sink``) as one ``Pipeline`` of the given type holding RTVI and the given
+  pipeline's processors directly: the same processors in the same order, linked the same way, minus
+  the three that only passed frames on (≈8 % of a set-up's Python calls). Anything shaped otherwise
+  (a bridged worker, a nested pipeline that is not a plain ``Pipeline``) is left as Pipecat built it.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ from collections.abc import Callable
 from typing import Any
 
 from pipecat.pipeline import job_decorator, worker_ready_decorator
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineWorker
 from pipecat.workers import base_worker
 
 Collect = Callable[[Any], dict[str, Callable[..., Any]]]
@@ -82,3 +93,25 @@ def cache_worker_handlers() -> None:
         if getattr(current, "__wrapped__", None) is key_of:
             continue
         setattr(base_worker, name, _per_class(key_of))
+
+
+def flatten_worker_pipeline(worker: PipelineWorker, pipeline: Pipeline, flat: type[Pipeline]) -> bool:
+    """Replace ``worker``'s ``[source, (RTVI), pipeline, sink]`` by ``flat([(RTVI), *pipeline's
+    processors], source, sink)``; True if done, False (nothing changed) if the worker is not shaped
+    so. Call it right after the worker is built, before it runs."""
+    outer = worker._pipeline
+    source, sink = worker._source, worker._sink
+    processors = outer.processors
+    if (
+        not isinstance(outer, Pipeline)
+        or type(pipeline) is not flat
+        or len(processors) < 3
+        or processors[0] is not source
+        or processors[-1] is not sink
+        or processors[-2] is not pipeline
+        or processors.count(pipeline) != 1
+    ):
+        return False
+    inner = pipeline.processors[1:-1]  # without the given pipeline's own source and sink
+    worker._pipeline = flat([*processors[1:-2], *inner], source=source, sink=sink)
+    return True

@@ -64,6 +64,7 @@ from gateway.llm import LLMNotConfigured, OpenAIClients, TextOnlyTextProcessor, 
 from gateway.logging import get_logger
 from gateway.metrics import GatewayMetrics
 from gateway.observers import SessionMetricsObserver, TurnEnd
+from gateway.pipecatcompat import flatten_worker_pipeline
 from gateway.rtvi import DirectRTVIProcessor
 from gateway.serializers import create_serializer
 from gateway.settings import Settings
@@ -273,11 +274,15 @@ INLINE_OBSERVERS: tuple[type[BaseObserver], ...] = (RTVIObserver, SessionMetrics
 
 
 class SessionWorker(PipelineWorker):
-    """``PipelineWorker`` with the session's observers behind one ``ObserverHub``."""
+    """``PipelineWorker`` with the session's observers behind one ``ObserverHub``; a
+    ``SessionPipeline`` it runs is flattened into the worker's own (``gateway.pipecatcompat``), so
+    frames don't cross the nested pipeline's three pass-through processors."""
 
     def __init__(self, pipeline: BasePipeline, **kwargs: Any) -> None:
         super().__init__(pipeline, **kwargs)
         self._observer = ObserverHub.replacing(self._observer, inline=INLINE_OBSERVERS)
+        if isinstance(pipeline, SessionPipeline):
+            flatten_worker_pipeline(self, pipeline, SessionPipeline)
 
 
 def _text_output() -> list[FrameProcessor]:

@@ -3,26 +3,33 @@
 These fail loudly when a Pipecat upgrade changes what the gateway relies on: ``BaseWorker.__init__``
 still discovers its handlers through the two module-level collectors ``cache_worker_handlers``
 replaces, and the per-class lookup finds exactly what Pipecat's own collectors find — the same keys,
-the same bound methods, the same refusal of duplicates — for workers with and without handlers.
+the same bound methods, the same refusal of duplicates — for workers with and without handlers;
+``PipelineWorker`` still wraps the pipeline it is given as ``[_source, _rtvi, pipeline, _sink]`` in
+``_pipeline``, and the flattened pipeline holds the same processors, linked in the same order, and
+runs frames through them to the end.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import itertools
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from pipecat.frames.frames import EndFrame, Frame, TextFrame
 from pipecat.pipeline import job_decorator, worker_ready_decorator
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineWorker
-from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers import base_worker
 from pipecat.workers.base_worker import BaseWorker
+from pipecat.workers.runner import WorkerRunner
 
 from gateway import pipecatcompat
-from gateway.pipecatcompat import ORIGINAL_COLLECTORS, cache_worker_handlers
-from gateway.session import SessionWorker
+from gateway.pipecatcompat import ORIGINAL_COLLECTORS, cache_worker_handlers, flatten_worker_pipeline
+from gateway.session import SessionPipeline, SessionWorker
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 # Pipecat's decorators are untyped; typed here so the handlers below stay typed.
@@ -108,3 +115,63 @@ def test_installed_workers_get_pipecats_handlers_and_installing_twice_changes_no
     jobs, ready = (original for original, _ in ORIGINAL_COLLECTORS.values())
     assert worker._job_handlers == jobs(worker)
     assert worker._worker_ready_handlers == ready(worker)
+
+
+class Recording(FrameProcessor):
+    def __init__(self, seen: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self._seen = seen
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TextFrame):
+            self._seen.append((self.name, frame.text))
+        await self.push_frame(frame, direction)
+
+
+def test_pipeline_worker_still_wraps_the_pipeline_it_is_given_between_its_source_and_sink() -> None:
+    given = SessionPipeline([FrameProcessor(), FrameProcessor()])
+    worker = PipelineWorker(given, idle_timeout_secs=None, check_dangling_tasks=False)
+
+    assert worker._pipeline.processors == [worker._source, worker._rtvi, given, worker._sink]
+    assert given.processors[0] is not given.processors[1] and len(given.processors) == 4  # own source, sink
+
+
+@pytest.mark.parametrize("rtvi", [True, False])
+def test_a_session_worker_runs_one_flat_pipeline_of_the_same_processors(rtvi: bool) -> None:
+    inner = [FrameProcessor(), FrameProcessor()]
+    worker = SessionWorker(
+        SessionPipeline(inner), enable_rtvi=rtvi, idle_timeout_secs=None, check_dangling_tasks=False
+    )
+
+    middle = [worker._rtvi] if rtvi else []
+    assert worker.pipeline.processors == [worker._source, *middle, *inner, worker._sink]
+    assert isinstance(worker.pipeline, SessionPipeline)
+    chain = worker.pipeline.processors
+    assert all(a._next is b and b._prev is a for a, b in itertools.pairwise(chain))
+
+
+async def test_frames_cross_the_flattened_pipeline_in_order_and_it_ends() -> None:
+    seen: list[tuple[str, str]] = []
+    first, second = Recording(seen), Recording(seen)
+    worker = SessionWorker(
+        SessionPipeline([first, second]),
+        enable_rtvi=False,
+        idle_timeout_secs=None,
+        check_dangling_tasks=False,
+    )
+    runner = WorkerRunner(handle_sigint=False, check_dangling_tasks=False)
+    await runner.add_workers(worker)
+    await worker.queue_frames([TextFrame("one"), TextFrame("two"), EndFrame()])
+    await asyncio.wait_for(runner.run(), 10)
+
+    for processor in (first, second):
+        assert [text for name, text in seen if name == processor.name] == ["one", "two"]
+
+
+def test_a_worker_of_another_shape_is_left_as_pipecat_built_it() -> None:
+    worker = PipelineWorker(Pipeline([FrameProcessor()]), idle_timeout_secs=None, check_dangling_tasks=False)
+    before = worker._pipeline
+
+    assert not flatten_worker_pipeline(worker, SessionPipeline([FrameProcessor()]), SessionPipeline)
+    assert worker._pipeline is before

@@ -1,6 +1,7 @@
 """The benchmark harness still runs: ``python -m bench --smoke`` for the scenarios of issue 6's harness
-(greeting vs the naive recipe, floor, search, writes) and the ``serve --workers`` burst (10 sessions
-against real ``memory-gateway serve`` processes, one and two workers), asserting shape, never timing."""
+(greeting vs the naive recipe, floor, search, writes), the ``serve --workers`` burst (10 sessions
+against real ``memory-gateway serve`` processes, one and two workers) and set-up CPU, asserting shape,
+never timing."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from bench import plots, runner
 
-SCENARIOS = ["greeting", "floor", "search", "writes", "burst_workers"]
+SCENARIOS = ["greeting", "floor", "search", "writes", "burst_workers", "setup_cpu"]
 
 
 async def test_smoke_run_writes_well_formed_results(

@@ -47,6 +47,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench import plots
 from bench.harness import BenchContext, ScenarioResult, percentile, target_at_most
 from bench.loadrun import Clients, GcPauses, LoadGateway, cpu_seconds, fake_llm, load_gateway
 
@@ -265,7 +266,10 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     paced = SMOKE_PACED_SESSIONS if smoke else PACED_SESSIONS
     profiled = SMOKE_PROFILE_SESSIONS if smoke else PROFILE_SESSIONS
     errors: dict[str, int] = {}
-    async with fake_llm() as llm_url, load_gateway(ctx, TENANT, llm_url) as gateway:
+    # Tuned as `memory-gateway serve` runs, unless the caller said not to retune this process (the
+    # test suite's smoke run does).
+    tune = os.environ.get("BENCH_RUNTIME_TUNING") != "0"
+    async with fake_llm() as llm_url, load_gateway(ctx, TENANT, llm_url, tune_gc=tune) as gateway:
         # Warm-up, not reported: first query plans, pools, lazy imports, the tenant's backend.
         async with Clients.running(gateway, user_prefix=f"w-{time.time_ns()}-") as clients:
             await clients.open(2 if smoke else WARMUP_SESSIONS, 60.0, rate=0.0)
@@ -325,4 +329,28 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         notes.append(f"errors: {errors}")
     if before:
         notes.insert(0, f"Rows labelled 'before' are bench/results/setup_cpu_before.json ({before_date}).")
-    return ScenarioResult(name=NAME, title=TITLE, rows=[*before, *rows], targets=targets, notes=notes)
+    return ScenarioResult(
+        name=NAME,
+        title=TITLE,
+        rows=[*before, *rows],
+        targets=targets,
+        notes=notes,
+        plots=_plots(ctx, [*before, *rows]),
+    )
+
+
+def _plots(ctx: BenchContext, rows: list[dict[str, Any]]) -> list[Path]:
+    bars: dict[str, float] = {}
+    for row in rows:
+        if row["phase"] == "sequential":
+            bars[f"{row['code']}: sequential p50"] = float(row["loop_cpu_p50_ms"])
+            bars[f"{row['code']}: sequential mean"] = float(row["loop_cpu_mean_ms"])
+        elif str(row["phase"]).startswith("paced"):
+            bars[f"{row['code']}: {row['phase']} mean"] = float(row["loop_cpu_mean_ms"])
+    drawn = plots.bar_plot(
+        ctx.out_dir / "setup_cpu.png",
+        title=f"Event-loop CPU per session set-up (target ≤ {LIMIT_MS:g} ms)",
+        ylabel="ms of loop CPU per session",
+        bars=bars,
+    )
+    return [drawn] if drawn is not None else []

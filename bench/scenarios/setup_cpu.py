@@ -26,7 +26,7 @@ clients (``bench.loadgen``) each in a child process of their own. Users have no 
   ``setup_cpu_profile.txt`` beside the results and, shortened, into the notes. Profiling inflates
   every call; read it for proportions, not for milliseconds.
 
-If ``bench/results/setup_cpu_before.json`` exists (this scenario's result on the code before the
+If ``bench/results/baseline/setup_cpu.json`` exists (this scenario's result on the code before the
 set-up work was cut), its rows are shown beside this run's, labelled ``before``.
 """
 
@@ -65,7 +65,8 @@ BASELINE_SAMPLES = 50
 WARMUP_SESSIONS = 20
 LIMIT_MS = 5.0
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
-BEFORE_FILE = RESULTS_DIR / "setup_cpu_before.json"
+# Not beside the scenario JSON files: the report reads every ``results/*.json`` as a scenario's latest.
+BEFORE_FILE = RESULTS_DIR / "baseline" / "setup_cpu.json"
 PROFILE_FILE = "setup_cpu_profile.txt"
 
 
@@ -328,7 +329,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     if errors:
         notes.append(f"errors: {errors}")
     if before:
-        notes.insert(0, f"Rows labelled 'before' are bench/results/setup_cpu_before.json ({before_date}).")
+        notes.insert(0, f"Rows labelled 'before' are bench/results/baseline/setup_cpu.json ({before_date}).")
     return ScenarioResult(
         name=NAME,
         title=TITLE,

@@ -1,4 +1,4 @@
-"""Per-session cost of building voice mode: Pipecat's defaults side by side with ``gateway.voice``.
+"""Per-session cost of building voice mode: Pipecat's defaults side by side with ``gateway.pipeline.voice``.
 
 Everything here runs on the event loop when a voice session starts, before the bot can say a word. Each
 row is built ``--rounds`` times after one warm-up; memory is the RSS growth of keeping ``--keep`` VAD
@@ -27,8 +27,8 @@ from pipecat.services.openai.stt import OpenAISTTService
 from pipecat.services.openai.tts import OpenAITTSService
 
 from gateway.logging import configure_logging
+from gateway.pipeline.voice import VoiceModels, build_voice
 from gateway.tenants import TenantConfig
-from gateway.voice import VoiceModels, build_voice
 
 BASE_URL = "http://127.0.0.1:9/v1"
 

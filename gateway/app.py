@@ -23,11 +23,11 @@ from gateway.keys import (
     tenants_key,
     tokens_key,
 )
-from gateway.llm import OpenAIClients, create_http_client
 from gateway.logging import get_logger
 from gateway.metrics import GatewayMetrics
-from gateway.pipecatcompat import cache_worker_handlers
-from gateway.session import SessionDeps
+from gateway.pipeline.llm import OpenAIClients, create_http_client
+from gateway.pipeline.pipecatcompat import cache_worker_handlers
+from gateway.pipeline.session import SessionDeps
 from gateway.settings import Settings
 from gateway.tenants import TenantFileError, TenantRegistry
 from gateway.tokens import SessionTokens, load_or_create_secret
@@ -107,7 +107,8 @@ async def _memory_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _deps_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
-    # Per-class instead of per-session work inside Pipecat's worker construction (gateway.pipecatcompat).
+    # Per-class instead of per-session work inside Pipecat's worker construction
+    # (gateway.pipeline.pipecatcompat).
     cache_worker_handlers()
     http_client = create_http_client(settings.llm_timeout_secs)
     deps = app[deps_key] = SessionDeps(

@@ -74,7 +74,7 @@ def serve(args: argparse.Namespace) -> int:
         return _supervise(settings, args, early)
 
     from gateway.app import create_app
-    from gateway.locallm import LocalLLMServer
+    from gateway.pipeline.locallm import LocalLLMServer
     from gateway.runtime import tune_gc_on_startup
     from gateway.tenants import TenantFileError
 
@@ -100,7 +100,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def _supervise(settings: Settings, args: argparse.Namespace, early: EarlySignals) -> int:
     """``--workers N``: this process supervises N gateway processes (``gateway.workers``)."""
-    from gateway.locallm import LocalLLMServer
+    from gateway.pipeline.locallm import LocalLLMServer
     from gateway.workers import Supervisor
 
     argv = [

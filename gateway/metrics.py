@@ -4,7 +4,7 @@ Labels are bounded: tenant, outcome, reason, operation, backend, direction, serv
 user, session or message. Buckets span conversational latency, 5 ms … 10 s.
 
 Where Pipecat measures something itself (TTFB, token usage, user→bot latency in voice mode) the value
-comes from its ``MetricsFrame``s and observers (``gateway.observers``), not from a second stopwatch.
+comes from its ``MetricsFrame``s and observers (``gateway.pipeline.observers``), not from a second stopwatch.
 """
 
 from __future__ import annotations

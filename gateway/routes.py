@@ -20,7 +20,6 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gateway import closecodes
-from gateway import greeting as greetings
 from gateway.cluster import ClusterUnavailable, Lease
 from gateway.keys import (
     backends_key,
@@ -32,8 +31,9 @@ from gateway.keys import (
     tokens_key,
 )
 from gateway.logging import get_logger
-from gateway.serializers import SERIALIZERS
-from gateway.session import Session
+from gateway.pipeline import greeting as greetings
+from gateway.pipeline.serializers import SERIALIZERS
+from gateway.pipeline.session import Session
 from gateway.tenants import TenantConfig
 from gateway.tokens import SessionClaims, TokenError
 from gateway.workers import worker_port

@@ -23,7 +23,7 @@ def test_audit_finds_a_registered_value_in_the_log_or_a_metrics_page(tmp_path: P
 
 def test_audit_ignores_values_too_short_to_be_told_from_chance(tmp_path: Path) -> None:
     log = tmp_path / "run.jsonl"
-    log.write_text('{"event": "session.start", "logger": "gateway.session"}\n')
+    log.write_text('{"event": "session.start", "logger": "gateway.pipeline.session"}\n')
     audit = Audit(log)
     audit.register("user_id", "u1")
     audit.register("message text", "session", min_length=12)

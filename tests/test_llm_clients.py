@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.keys import deps_key
-from gateway.llm import OpenAIClients, create_http_client
+from gateway.pipeline.llm import OpenAIClients, create_http_client
 from tests.conftest import RunningGateway
 
 

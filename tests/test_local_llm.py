@@ -25,7 +25,7 @@ async def test_smollm2_under_llama_cpp_answers_a_user_turn(
         pytest.fail("GATEWAY_TEST_LOCAL_LLM=1 but the local-llm extra is not installed")
     from pathlib import Path
 
-    from gateway.locallm import LocalLLMServer
+    from gateway.pipeline.locallm import LocalLLMServer
 
     server = LocalLLMServer(data_dir=Path(str(tmp_root)))
     base_url = server.start()

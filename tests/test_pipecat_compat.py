@@ -1,4 +1,4 @@
-"""Contract of the seam to Pipecat's private parts (``gateway/pipecatcompat.py``).
+"""Contract of the seam to Pipecat's private parts (``gateway/pipeline/pipecatcompat.py``).
 
 These fail loudly when a Pipecat upgrade changes what the gateway relies on: ``BaseWorker.__init__``
 still discovers its handlers through the two module-level collectors ``cache_worker_handlers``
@@ -27,9 +27,9 @@ from pipecat.workers import base_worker
 from pipecat.workers.base_worker import BaseWorker
 from pipecat.workers.runner import WorkerRunner
 
-from gateway import pipecatcompat
-from gateway.pipecatcompat import ORIGINAL_COLLECTORS, cache_worker_handlers, flatten_worker_pipeline
-from gateway.session import SessionPipeline, SessionWorker
+from gateway.pipeline import pipecatcompat
+from gateway.pipeline.pipecatcompat import ORIGINAL_COLLECTORS, cache_worker_handlers, flatten_worker_pipeline
+from gateway.pipeline.session import SessionPipeline, SessionWorker
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 # Pipecat's decorators are untyped; typed here so the handlers below stay typed.

@@ -32,8 +32,8 @@ from pipecat.services.openai.tts import VALID_VOICES
 from pydantic import ValidationError
 
 from gateway.keys import backends_key, tenants_key
+from gateway.pipeline.voice import VoiceModels
 from gateway.tenants import OpenAIVoice, TenantConfig, TenantFileError, TenantRegistry
-from gateway.voice import VoiceModels
 from memory.scope import MemoryScope
 from tests.clients import WireClient, rtvi, send_text
 from tests.conftest import GatewayFactory, RunningGateway, unique

@@ -33,7 +33,7 @@ from gateway.tenants import TenantConfig
 from gateway.tokens import SessionClaims
 
 if TYPE_CHECKING:
-    from gateway.session import Session
+    from gateway.pipeline.session import Session
 
 log = get_logger(__name__)
 

@@ -23,7 +23,7 @@ from pipecat.frames.frames import OutputTransportMessageUrgentFrame
 from pipecat.processors.frameworks.rtvi import RTVIProcessor
 from pydantic import BaseModel
 
-from gateway.transport import AiohttpWebsocketOutputTransport
+from gateway.pipeline.transport import AiohttpWebsocketOutputTransport
 
 
 class DirectRTVIProcessor(RTVIProcessor):

@@ -13,13 +13,13 @@ Pipeline (text mode)::
 tokens into sentence-sized ``AggregatedTextFrame``s; with ``skip_tts`` set (text mode) RTVI then emits
 ``bot-output`` for them, which is what web clients display. RTVI's own messages are written as the
 frames they report on are pushed, or queued to the transport output when the socket is backed up
-(``gateway.rtvi``), and the greeting is pushed from the LLM service, like a reply.
+(``gateway.pipeline.rtvi``), and the greeting is pushed from the LLM service, like a reply.
 
 A session is usually assembled and started at ``/start``, before its client connects (``ws=None``):
 ``attach()`` hands it the socket on connect, and ``on_client_connected`` (greeting, metrics) fires then.
 
-Voice mode (the tenant's optional ``stt`` / ``tts``, built by ``gateway.voice``) adds the STT after the
-transport input (with a VAD on the user aggregator) and puts the TTS where ``TextOnlyTextProcessor``
+Voice mode (the tenant's optional ``stt`` / ``tts``, built by ``gateway.pipeline.voice``) adds the STT
+after the transport input (with a VAD on the user aggregator) and puts the TTS where ``TextOnlyTextProcessor``
 stands::
 
     transport.input ─▶ [RTVI] ─▶ [STT] ─▶ user aggregator (+VAD) ─▶ GatewayMemoryService ─▶ LLM
@@ -59,19 +59,25 @@ from pipecat.utils.asyncio.task_manager import BaseTaskManager
 from pipecat.workers.runner import WorkerRunner
 
 from gateway import closecodes
-from gateway import greeting as greetings
-from gateway.llm import LLMNotConfigured, OpenAIClients, TextOnlyTextProcessor, create_llm, resolve_endpoint
 from gateway.logging import get_logger
 from gateway.metrics import GatewayMetrics
-from gateway.observers import SessionMetricsObserver, TurnEnd
-from gateway.pipecatcompat import flatten_worker_pipeline
-from gateway.rtvi import DirectRTVIProcessor
-from gateway.serializers import create_serializer
+from gateway.pipeline import greeting as greetings
+from gateway.pipeline.llm import (
+    LLMNotConfigured,
+    OpenAIClients,
+    TextOnlyTextProcessor,
+    create_llm,
+    resolve_endpoint,
+)
+from gateway.pipeline.observers import SessionMetricsObserver, TurnEnd
+from gateway.pipeline.pipecatcompat import flatten_worker_pipeline
+from gateway.pipeline.rtvi import DirectRTVIProcessor
+from gateway.pipeline.serializers import create_serializer
+from gateway.pipeline.transport import AiohttpWebsocketParams, AiohttpWebsocketTransport
+from gateway.pipeline.voice import VoiceModels, build_voice
 from gateway.settings import Settings
 from gateway.tenants import TenantConfig
 from gateway.tokens import SessionClaims
-from gateway.transport import AiohttpWebsocketParams, AiohttpWebsocketTransport
-from gateway.voice import VoiceModels, build_voice
 from memory.backends import TenantMemory
 from memory.scope import MemoryScope
 from memory.service import GatewayMemoryService
@@ -91,7 +97,7 @@ class SessionDeps:
     metrics: GatewayMetrics
     http_client: DefaultAsyncHttpxClient
     openai_clients: OpenAIClients
-    # Voice's ONNX sessions, opened on the first voice session and shared by all (gateway.voice).
+    # Voice's ONNX sessions, opened on the first voice session and shared by all (gateway.pipeline.voice).
     voice_models: VoiceModels = field(default_factory=VoiceModels)
 
 
@@ -120,7 +126,7 @@ class ObserverHub(WorkerObserver):
     tasks, as before; one that raises is logged and the others carry on.
 
     Observers of the ``inline`` types are instead told of a push on the pushing task, as it happens:
-    RTVI's observer only turns frames into client messages (``gateway.rtvi``), and a message that
+    RTVI's observer only turns frames into client messages (``gateway.pipeline.rtvi``), and a message that
     waits for the hub's task reaches the client after whatever else the loop had queued meanwhile.
     The hub's task is started only once some observer needs the queue: a text session's observers
     (RTVI's and the metrics one) are all inline, so it has neither the task nor a queued event.
@@ -275,7 +281,7 @@ INLINE_OBSERVERS: tuple[type[BaseObserver], ...] = (RTVIObserver, SessionMetrics
 
 class SessionWorker(PipelineWorker):
     """``PipelineWorker`` with the session's observers behind one ``ObserverHub``; a
-    ``SessionPipeline`` it runs is flattened into the worker's own (``gateway.pipecatcompat``), so
+    ``SessionPipeline`` it runs is flattened into the worker's own (``gateway.pipeline.pipecatcompat``), so
     frames don't cross the nested pipeline's three pass-through processors."""
 
     def __init__(self, pipeline: BasePipeline, **kwargs: Any) -> None:
@@ -354,7 +360,7 @@ class Session:
         self._closed = False
         self._serializer = serializer
         # What the client typed, as received: RTVI handles send-text on a task of its own, which a
-        # disconnect right after it cancels before the text reaches the context (gateway.transport).
+        # disconnect right after it cancels before the text reaches the context (gateway.pipeline.transport).
         self._typed: deque[str] = deque(maxlen=32)
         self.scope = MemoryScope(claims.tenant, claims.user_id, claims.agent_id, claims.run_id)
 

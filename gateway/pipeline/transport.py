@@ -48,7 +48,7 @@ from pydantic import ConfigDict, Field
 
 from gateway import closecodes
 from gateway.logging import get_logger
-from gateway.serializers import UndecodableFrame
+from gateway.pipeline.serializers import UndecodableFrame
 
 log = get_logger(__name__)
 

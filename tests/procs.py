@@ -25,6 +25,7 @@ import psycopg
 from psycopg import sql
 
 from gateway.tenants import TenantConfig, TenantRegistry, hash_key, new_key
+from tests.clients import WireClient
 
 TOKEN_SECRET = "cluster-test-secret-" + "x" * 40
 
@@ -260,6 +261,21 @@ class GatewayProcess:
                 await self.proc.wait()
         assert self.proc.returncode is not None
         return self.proc.returncode
+
+
+async def greeted_session(
+    http: aiohttp.ClientSession, gateway: GatewayProcess, key: str, user: str, timeout: float = 20.0
+) -> WireClient:
+    """``POST /start`` for ``user`` (RTVI JSON), connect to its ``wsUrl``, wait for the greeting."""
+    resp = await http.post(
+        f"{gateway.url}/start",
+        json={"transport": "websocket", "body": {"user_id": user, "serializer": "rtvi"}},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert resp.status == 200, await resp.text()
+    client = WireClient(await http.ws_connect((await resp.json())["wsUrl"]), "rtvi")
+    await client.bot_turn(timeout=timeout)
+    return client
 
 
 @contextlib.asynccontextmanager

@@ -19,10 +19,9 @@ import psycopg
 import pytest
 
 from memory.backends import table_name
-from tests.clients import WireClient
 from tests.conftest import unique
 from tests.fake_llm import FakeLLM
-from tests.procs import Cluster, GatewayProcess, StoppablePostgres, replicas
+from tests.procs import Cluster, GatewayProcess, StoppablePostgres, greeted_session, replicas
 
 TURNS = 20
 
@@ -45,14 +44,14 @@ def _stored(database_url: str, tenant: str) -> Counter[tuple[str, str]]:
     return Counter((str(r[0]), str(r[1])) for r in rows)
 
 
-async def _pending_writes(http: aiohttp.ClientSession, gateway: GatewayProcess) -> float:
+async def _counter(http: aiohttp.ClientSession, gateway: GatewayProcess, name: str) -> float:
     async with http.get(f"{gateway.url}/metrics") as resp:
         text = await resp.text()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("gateway_memory_pending_writes{")
-    )
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+async def _pending_writes(http: aiohttp.ClientSession, gateway: GatewayProcess) -> float:
+    return await _counter(http, gateway, "gateway_memory_pending_writes")
 
 
 def _outbox_rows(data_dir: Path) -> int:
@@ -87,13 +86,7 @@ async def test_turns_answered_while_postgres_is_down_survive_kill_9_and_land_exa
     await gateway.start()
     async with aiohttp.ClientSession() as http:
         try:
-            resp = await http.post(
-                f"{gateway.url}/start",
-                json={"transport": "websocket", "body": {"user_id": "keeper", "serializer": "rtvi"}},
-                headers={"Authorization": f"Bearer {key}"},
-            )
-            client = WireClient(await http.ws_connect((await resp.json())["wsUrl"]), "rtvi")
-            await client.bot_turn()
+            client = await greeted_session(http, gateway, key, "keeper")
 
             await asyncio.to_thread(postgres.stop)
             for sentence in said:
@@ -139,12 +132,6 @@ async def test_turns_answered_while_postgres_is_down_survive_kill_9_and_land_exa
         await replayed.terminate()
 
 
-async def _counter(http: aiohttp.ClientSession, gateway: GatewayProcess, name: str) -> float:
-    async with http.get(f"{gateway.url}/metrics") as resp:
-        text = await resp.text()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
-
-
 async def test_a_full_outbox_refuses_rows_counts_them_and_the_conversation_goes_on(
     tmp_root: Path, postgres: StoppablePostgres, fake_llm: FakeLLM
 ) -> None:
@@ -161,13 +148,7 @@ async def test_a_full_outbox_refuses_rows_counts_them_and_the_conversation_goes_
     expected = Counter([("user", s) for s in said] + [("assistant", f"I heard: {s}") for s in said])
 
     async with aiohttp.ClientSession() as http, replicas(cluster.replica("a")) as (gateway,):
-        resp = await http.post(
-            f"{gateway.url}/start",
-            json={"transport": "websocket", "body": {"user_id": "talker", "serializer": "rtvi"}},
-            headers={"Authorization": f"Bearer {key}"},
-        )
-        client = WireClient(await http.ws_connect((await resp.json())["wsUrl"]), "rtvi")
-        await client.bot_turn()
+        client = await greeted_session(http, gateway, key, "talker")
         await asyncio.to_thread(postgres.stop)
         for sentence in said:
             assert await client.say(sentence, timeout=20) == f"I heard: {sentence}"

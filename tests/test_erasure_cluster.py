@@ -15,11 +15,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.clients import WireClient
 from tests.conftest import unique
 from tests.fake_llm import FakeLLM
 from tests.faults import PostgresProxy, unix_socket_of
-from tests.procs import Cluster, GatewayProcess, replicas
+from tests.procs import Cluster, greeted_session, replicas
 from tests.stores import where_in_database, where_on_disk
 
 KEPT = "I keep my savings under the blue floorboard"
@@ -34,18 +33,6 @@ async def proxy(database_url: str) -> AsyncIterator[PostgresProxy]:
     await proxy.start()
     yield proxy
     await proxy.close()
-
-
-async def _session(http: aiohttp.ClientSession, gateway: GatewayProcess, key: str, user: str) -> WireClient:
-    resp = await http.post(
-        f"{gateway.url}/start",
-        json={"transport": "websocket", "body": {"user_id": user, "serializer": "rtvi"}},
-        headers={"Authorization": f"Bearer {key}"},
-    )
-    assert resp.status == 200, await resp.text()
-    client = WireClient(await http.ws_connect((await resp.json())["wsUrl"]), "rtvi")
-    await client.bot_turn(timeout=20)
-    return client
 
 
 async def _until(check: object, timeout: float, what: str) -> None:
@@ -74,7 +61,7 @@ async def test_an_erasure_through_one_replica_removes_what_another_still_held(
     a_proc = cluster.replica("a", GATEWAY_DATABASE_URL=proxy.url())
     b_proc = cluster.replica("b")
     async with replicas(a_proc, b_proc) as (a, b), aiohttp.ClientSession() as http:
-        client = await _session(http, a, key, user)
+        client = await greeted_session(http, a, key, user)
         await client.say(KEPT)
 
         async def kept_stored() -> bool:
@@ -108,7 +95,7 @@ async def test_an_erasure_through_one_replica_removes_what_another_still_held(
         assert await client.say(LATE, timeout=20) == f"I heard: {LATE}"
         await client.ws.close()
         # A session that starts after the erasure is stored as usual; it also shows A's writes flow.
-        fresh = await _session(http, a, key, user)
+        fresh = await greeted_session(http, a, key, user)
         await fresh.say(AFTER)
         await fresh.ws.close()
 

@@ -22,7 +22,6 @@ WAL.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 from collections.abc import AsyncIterator
@@ -110,7 +109,6 @@ class PostgresRegistry(SessionRegistry):
         self._timeout = timeout_secs
         self._pool: AsyncConnectionPool | None = None
         self._fallback = RateLimiter(clock=self._clock)
-        self._renewer: asyncio.Task[None] | None = None
         self._metrics.session_state_up.labels(self.backend).set(1)
 
     @contextlib.asynccontextmanager
@@ -166,19 +164,14 @@ class PostgresRegistry(SessionRegistry):
             for statement in SCHEMA:
                 await conn.execute(statement)
         log.info("session_state.ready", backend=self.backend, lease_ttl_secs=self.lease_ttl_secs)
-        self._renewer = asyncio.create_task(self._renew_forever(), name="lease-renewal")
+        self._start_renewing()
 
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Every statement on these connections is bounded by the call timeout, server side too."""
         await conn.execute(f"SET statement_timeout = {int(self._timeout * 1000)}")
 
     async def close(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
-        for lease in self._held_leases():
-            await self.release(lease)
+        await self._stop_renewing_and_release()
         if self._pool is not None:
             await self._pool.close()
 

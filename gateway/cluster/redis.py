@@ -33,7 +33,6 @@ logged once (``session_state.unavailable`` / ``session_state.recovered``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -164,7 +163,6 @@ class RedisRegistry(SessionRegistry):
         self._renew_script = self._redis.register_script(RENEW)
         self._start_script = self._redis.register_script(TAKE_START)
         self._fallback = RateLimiter(clock=self._clock)
-        self._renewer: asyncio.Task[None] | None = None
         self._metrics.session_state_up.labels(self.backend).set(1)
 
     def _key(self, tenant: str, what: str) -> str:
@@ -240,13 +238,8 @@ class RedisRegistry(SessionRegistry):
             log.info("session_state.ready", backend=self.backend, lease_ttl_secs=self.lease_ttl_secs)
         except ClusterUnavailable:
             pass  # start anyway: new sessions wait for Redis, the rest of the gateway works
-        self._renewer = asyncio.create_task(self._renew_forever(), name="lease-renewal")
+        self._start_renewing()
 
     async def close(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
-        for lease in self._held_leases():
-            await self.release(lease)
+        await self._stop_renewing_and_release()
         await self._redis.aclose()

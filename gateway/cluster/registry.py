@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import time
 import uuid
 import weakref
@@ -177,6 +178,20 @@ class SessionRegistry(abc.ABC):
                 pass  # counted and logged by _track
             except Exception:
                 log.exception("session_state.renew_failed", backend=self.backend)
+
+    _renewer: asyncio.Task[None] | None = None
+
+    def _start_renewing(self) -> None:
+        self._renewer = asyncio.create_task(self._renew_forever(), name="lease-renewal")
+
+    async def _stop_renewing_and_release(self) -> None:
+        """At close: no more renewals, and every lease this process still holds is given back."""
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+        for lease in self._held_leases():
+            await self.release(lease)
 
     def _forget_taken_over(self, lease: Lease) -> None:
         lease.released = True  # another holder's now; nothing of ours to free

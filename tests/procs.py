@@ -36,6 +36,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_run(count: int) -> int:
+    """A port such that it and the ``count - 1`` after it are free on loopback now (``serve
+    --workers N`` listens on the port and on the N after it)."""
+    for _ in range(100):
+        port = free_port()
+        if port + count > 65535:
+            continue
+        try:
+            with contextlib.ExitStack() as stack:
+                for p in range(port, port + count):
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no run of free loopback ports")
+
+
 def redis_available() -> bool:
     return shutil.which("redis-server") is not None
 
@@ -176,7 +194,9 @@ class Cluster:
         }
         if self.redis_url is not None:
             environment.setdefault("GATEWAY_REDIS_URL", self.redis_url)
-        return GatewayProcess(name=name, data_dir=self.root / name, env=environment)
+        workers = int(environment.get("GATEWAY_WORKERS", "1"))  # they listen on port + 1 + i too
+        port = free_port_run(1 + workers) if workers > 1 else free_port()
+        return GatewayProcess(name=name, data_dir=self.root / name, env=environment, port=port)
 
 
 @dataclass

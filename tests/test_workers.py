@@ -4,11 +4,9 @@ prestarted sessions claimed where they were started, everything stopped by one S
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -17,22 +15,7 @@ import psutil
 
 from tests.clients import WireClient
 from tests.fake_llm import FakeLLM
-from tests.procs import free_port
-
-
-def _free_run(count: int) -> int:
-    """A port such that it and the ``count - 1`` after it are free on loopback now."""
-    for _ in range(50):
-        port = free_port()
-        try:
-            with contextlib.ExitStack() as stack:
-                for p in range(port, port + count):
-                    s = stack.enter_context(socket.socket())
-                    s.bind(("127.0.0.1", p))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no run of free ports")
+from tests.procs import free_port_run
 
 
 def _postmasters(pgdata: Path) -> list[psutil.Process]:
@@ -66,7 +49,7 @@ async def test_two_workers_share_one_postgres_claim_their_own_prestarted_session
     tmp_root: Path, fake_llm: FakeLLM
 ) -> None:
     data_dir = tmp_root / "workers"
-    port = _free_run(3)  # the shared port and the two workers' own
+    port = free_port_run(3)  # the shared port and the two workers' own
     env = {**os.environ, "GATEWAY_LLM_BASE_URL": fake_llm.base_url, "GATEWAY_LOG_FORMAT": "json"}
     env.pop("GATEWAY_DATABASE_URL", None)
     log_path = tmp_root / "workers.log"

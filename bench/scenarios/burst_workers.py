@@ -46,7 +46,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -71,6 +70,7 @@ from bench.harness import (
     target_at_most,
 )
 from bench.loadrun import ROOT, Clients, fake_llm, ms
+from tests.procs import free_port_run
 
 NAME = "burst_workers"
 TITLE = "Burst: 500 sessions at once, serve --workers 2 vs --workers 1"
@@ -129,25 +129,6 @@ RATIO_KEYS = (
     "sessions_per_s_per_core",
     "gateway_cpu_ms_per_session",
 )
-
-
-def _free_run(count: int) -> int:
-    """A port such that it and the ``count - 1`` after it are free on loopback now."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port + count > 65535:
-            continue
-        try:
-            with contextlib.ExitStack() as stack:
-                for p in range(port, port + count):
-                    sock = stack.enter_context(socket.socket())
-                    sock.bind(("127.0.0.1", p))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no run of free loopback ports")
 
 
 def _write_tenants(path: Path, llm_url: str) -> str:
@@ -253,7 +234,7 @@ async def serve(
     data_dir.mkdir(parents=True)
     tenants = data_dir / "tenants.yaml"
     key = _write_tenants(tenants, llm_url)
-    port = _free_run(1 + workers)
+    port = free_port_run(1 + workers)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env.update(
         {

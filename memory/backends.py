@@ -320,12 +320,9 @@ class TenantMemory:
         try:
             await self.add_entry(entry)
         except Exception as e:
-            if durable and self._outbox is not None:
-                if permanent_error(e):
-                    # Refused for its content: it would be refused again at every start.
-                    await self._outbox.delete(entry.key)
-                else:
-                    await self._outbox.attempted(entry.key)
+            if durable and self._outbox is not None and permanent_error(e):
+                # Refused for its content: it would be refused again at every start.
+                await self._outbox.delete(entry.key)
             raise
         if durable and self._outbox is not None:
             await self._outbox.delete(entry.key)
@@ -472,7 +469,6 @@ class MemoryBackends:
         embed_model: Any = None,
         outbox_max_bytes: int = DEFAULT_MAX_BYTES,
         outbox_name: str = "outbox.db",
-        listen_erasures: bool = True,
     ) -> None:
         self._data_dir = data_dir
         self._database_url = database_url
@@ -488,10 +484,8 @@ class MemoryBackends:
         self._locks: dict[str, asyncio.Lock] = {}
         self._embed_model = embed_model
         self.outbox = Outbox(data_dir / outbox_name, max_bytes=outbox_max_bytes)
-        self._listen_erasures = listen_erasures
         self._background: set[asyncio.Task[None]] = set()
         self._erasures_seen = 0
-        self.erasures_applied = 0
 
     @property
     def database_url(self) -> str:
@@ -522,8 +516,7 @@ class MemoryBackends:
         left = await self.outbox.pending()
         if left:
             log.warning("memory.outbox_found rows=%d (replayed as each tenant's backend is built)", left)
-        if self._listen_erasures:
-            self._spawn(self._listen(url), "erasure-listener")
+        self._spawn(self._listen(url), "erasure-listener")
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
         task = asyncio.ensure_future(coro)
@@ -617,7 +610,6 @@ class MemoryBackends:
             jobs, rows = await backend.purge_local(scope)
         else:
             jobs, rows = 0, await self.outbox.purge(tenant, scope)
-        self.erasures_applied += 1
         log.info("memory.erasure_applied tenant=%s queued=%d outbox=%d", tenant, jobs, rows)
 
     async def _build(self, tenant: str, settings: MemorySettings) -> TenantMemory:

@@ -60,7 +60,6 @@ CREATE TABLE IF NOT EXISTS outbox (
     infer         INTEGER NOT NULL,
     session_start TEXT NOT NULL,
     created_at    REAL NOT NULL,
-    attempts      INTEGER NOT NULL DEFAULT 0,
     size          INTEGER NOT NULL
 )
 """
@@ -199,20 +198,10 @@ class Outbox:
 
         return await self._run(do)
 
-    async def attempted(self, key: str) -> None:
-        await self._run(
-            lambda: self._db().execute("UPDATE outbox SET attempts = attempts + 1 WHERE key = ?", (key,))
-        )
-
-    async def pending(self, tenant: str | None = None) -> int:
-        def do() -> int:
-            if tenant is None:
-                row = self._db().execute("SELECT count(*) FROM outbox").fetchone()
-            else:
-                row = self._db().execute("SELECT count(*) FROM outbox WHERE tenant = ?", (tenant,)).fetchone()
-            return int(row[0])
-
-        return await self._run(do)
+    async def pending(self) -> int:
+        """Rows not landed yet, of every tenant."""
+        row = await self._run(lambda: self._db().execute("SELECT count(*) FROM outbox").fetchone())
+        return int(row[0])
 
     async def replay(self, tenant: str) -> list[OutboxEntry]:
         """The tenant's rows left by an earlier process (those present when the file was opened)."""
@@ -249,14 +238,6 @@ class Outbox:
             # Old WAL frames still hold the rows' text until the WAL is rewritten; TRUNCATE empties it.
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             return len(rows)
-
-        return await self._run(do)
-
-    async def file_bytes(self) -> int:
-        """Bytes on disk now: database file plus WAL (for metrics and tests)."""
-
-        def do() -> int:
-            return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
 
         return await self._run(do)
 

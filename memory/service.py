@@ -164,12 +164,13 @@ class GatewayMemoryService(Mem0MemoryService):
         if not batch:
             return
         entries = []
+        ids = self._scope.storage_ids()
         for message in batch:
             entries.append(
                 OutboxEntry(
                     key=f"{self._key_prefix}:{self._seq}",
                     tenant=self._backend.tenant,
-                    ids=self._scope.storage_ids(),
+                    ids=ids,
                     role=message["role"],
                     content=message["content"],
                     infer=self._infer,

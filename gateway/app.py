@@ -25,9 +25,10 @@ from gateway.keys import (
 )
 from gateway.logging import get_logger
 from gateway.metrics import GatewayMetrics
+from gateway.pipeline.builder import SessionDeps
+from gateway.pipeline.builds import PipelineBuilds
 from gateway.pipeline.llm import OpenAIClients, create_http_client
 from gateway.pipeline.pipecatcompat import cache_worker_handlers
-from gateway.pipeline.session import SessionDeps
 from gateway.settings import Settings
 from gateway.tenants import TenantFileError, TenantRegistry
 from gateway.tokens import SessionTokens, load_or_create_secret
@@ -116,6 +117,7 @@ async def _deps_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics=app[metrics_key],
         http_client=http_client,
         openai_clients=OpenAIClients(http_client),
+        builds=PipelineBuilds(concurrency=settings.start_concurrency, max_defer=settings.build_defer_secs),
     )
     if any(tenant.stt is not None for tenant in app[tenants_key]):
         # Load the VAD model now, off the loop, rather than in the first voice caller's connect.
@@ -134,7 +136,6 @@ def create_registry(settings: Settings, metrics: GatewayMetrics) -> SessionRegis
     ``GATEWAY_REDIS_URL`` is set, PostgreSQL for ``serve --workers`` without Redis, else this process."""
     common: dict[str, Any] = {
         "metrics": metrics,
-        "start_concurrency": settings.start_concurrency,
         "prefetch_ttl_secs": settings.prefetch_ttl_secs,
     }
     kind = settings.session_state

@@ -10,6 +10,7 @@ from aiohttp import WSCloseCode
 
 NORMAL = int(WSCloseCode.OK)  # session ended
 GOING_AWAY = int(WSCloseCode.GOING_AWAY)  # server draining / shutting down
+PROTOCOL_ERROR = int(WSCloseCode.PROTOCOL_ERROR)  # 1002: a frame that breaks the WebSocket protocol
 INVALID_PAYLOAD = int(WSCloseCode.INVALID_TEXT)  # 1007: repeated undecodable frames
 POLICY_VIOLATION = int(WSCloseCode.POLICY_VIOLATION)  # 1008: client stopped reading
 MESSAGE_TOO_BIG = int(WSCloseCode.MESSAGE_TOO_BIG)  # 1009

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from gateway.cluster import SessionRegistry
 from gateway.metrics import GatewayMetrics
-from gateway.pipeline.session import SessionDeps
+from gateway.pipeline.builder import SessionDeps
 from gateway.settings import Settings
 from gateway.tenants import TenantRegistry
 from gateway.tokens import SessionTokens

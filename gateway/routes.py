@@ -34,6 +34,7 @@ from gateway.logging import get_logger
 from gateway.pipeline import greeting as greetings
 from gateway.pipeline.serializers import SERIALIZERS
 from gateway.pipeline.session import Session
+from gateway.pipeline.transport import SocketHandle
 from gateway.tenants import TenantConfig
 from gateway.tokens import SessionClaims, TokenError
 from gateway.workers import worker_port
@@ -233,31 +234,30 @@ async def _prestart(
     prefetch: asyncio.Task[Any],
     lease: Lease,
 ) -> bool:
-    """Assemble and start the session now, so that its pipeline is up when the client connects.
+    """Assemble the session now, so that it is ready when the client connects.
 
-    As Pipecat's development runner starts the bot at ``/start``: the pipeline's start-up overlaps the
-    client's connect instead of following it. The session holds ``lease``; if no client attaches
+    As Pipecat's development runner starts the bot at ``/start``: the session's set-up overlaps the
+    client's connect instead of following it (a voice session starts its pipeline now; a text one
+    greets first, ``gateway.pipeline.session``). The session holds ``lease``; if no client attaches
     within ``prestart_secs`` it ends (``unclaimed``) and frees it, and a later connect with the
     still-valid token gets a session built at connect, as on a replica that never saw the /start.
     """
     registry = app[registry_key]
     try:
         session = Session(
-            ws=None,
             claims=claims,
             tenant=tenant,
             backend=backend,
             deps=app[deps_key],
             serializer=claims.serializer or "protobuf",
             prefetch=prefetch,
-            accepted_at=None,
+            prestarted=True,
         )
     except Exception:
         await registry.release(lease)
         log.exception("start.prestart_failed")
         return False
-    wait = tenant.greeting.deadline_secs or app[settings_key].greeting_deadline_secs
-    registry.prestart(session, lease, after=prefetch, wait=wait)
+    registry.prestart(session, lease)
     return True
 
 
@@ -366,10 +366,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         if prefetch is not None:
             prefetch.cancel()
         return await _refuse(request, ws, tenant.name, *refusal)
-    abort = functools.partial(_abort, request)
-    write_room = functools.partial(_write_room, request)
+    socket = SocketHandle(ws, functools.partial(_abort, request), functools.partial(_write_room, request))
     if pending is not None:
-        pending.session.attach(ws, accepted_at, abort, write_room)
+        pending.session.attach(socket, accepted_at)
         # The session runs in its own task (started at /start); this handler keeps the socket open.
         await asyncio.shield(pending.task)
         return ws
@@ -378,24 +377,21 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     try:
         backend = await app[backends_key].for_tenant(tenant.name, tenant.memory)
         session = Session(
-            ws=ws,
             claims=claims,
             tenant=tenant,
             backend=backend,
             deps=app[deps_key],
             serializer=serializer,
             prefetch=prefetch,
-            accepted_at=accepted_at,
-            abort=abort,
-            write_room=write_room,
         )
+        session.attach(socket, accepted_at)
     except Exception:
         await registry.release(lease)
         log.exception("ws.session_setup_failed")
         return await _refuse(
             request, ws, tenant.name, "internal_error", closecodes.INTERNAL_ERROR, "internal error"
         )
-    await registry.run(session, lease)
+    await asyncio.shield(registry.launch(session, lease))
     return ws
 
 

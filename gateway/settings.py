@@ -71,17 +71,31 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=256 * 1024, ge=1024)
     max_bad_frames: int = Field(default=5, ge=1, description="undecodable frames before close 1007")
     greeting_deadline_secs: float = Field(default=1.0, gt=0, le=30)
+    client_ready_timeout_secs: float = Field(
+        default=2.0,
+        gt=0,
+        le=30,
+        description="greeting in RTVI's order: how long to wait for the client's client-ready (then the "
+        "greeting goes anyway); a client that never sends one is better served by greeting.after: connect",
+    )
     prefetch_ttl_secs: float = Field(default=120.0, gt=0)
     prestart_secs: float = Field(
         default=10.0,
         ge=0,
-        description="/start assembles and starts the session's pipeline, which waits this long for its "
-        "socket (holding one of the tenant's sessions); 0 starts it at connect instead",
+        description="/start assembles the session (and starts a voice session's pipeline), which waits "
+        "this long for its socket, holding one of the tenant's sessions; 0 assembles it at connect",
     )
     start_concurrency: int = Field(
         default=8,
         ge=1,
         description="sessions whose pipelines may be starting at once; more wait their turn in order",
+    )
+    build_defer_secs: float = Field(
+        default=2.0,
+        ge=0,
+        le=30,
+        description="a greeted text session builds its pipeline once no caller of the process is owed "
+        "a greeting, or when its client speaks, but never later than this after asking",
     )
     memory_workers: int = Field(default=8, ge=1, le=256)
     memory_call_timeout_secs: float = Field(default=10.0, gt=0)

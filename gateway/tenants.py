@@ -150,6 +150,11 @@ class TTSSettings(BaseModel):
 
 class GreetingSettings(BaseModel):
     max_memories: int = Field(default=3, ge=0, le=10)
+    after: Literal["bot_ready", "connect"] = Field(
+        default="bot_ready",
+        description="bot_ready: RTVI's order (client-ready, bot-ready, then the greeting); connect: as "
+        "soon as the socket opens, for clients that never send client-ready",
+    )
     deadline_secs: float | None = Field(default=None, gt=0, le=30, description="default: process setting")
     known: str = "Welcome back! Here is what I remember: {facts}. What would you like to talk about?"
     new: str = "Hello! It's nice to meet you. How can I help you today?"

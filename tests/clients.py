@@ -23,6 +23,9 @@ def rtvi(type_: str, data: Any = None, id_: str | None = None) -> dict[str, Any]
     return message
 
 
+CLIENT_READY = {"version": "2.0.0", "about": {"library": "tests"}}
+
+
 def send_text(text: str) -> dict[str, Any]:
     return rtvi("send-text", {"content": text, "options": {"run_immediately": True, "audio_response": False}})
 
@@ -37,6 +40,14 @@ class WireClient:
     on_say: Callable[[str], None] | None = None
     _backlog: deque[dict[str, Any]] = field(default_factory=deque)
     _proto: ProtobufFrameSerializer = field(default_factory=ProtobufFrameSerializer)
+    _hello_sent: bool = False
+
+    async def hello(self) -> None:
+        """``client-ready``, once: what every RTVI client sends as soon as its socket is open (the
+        gateway greets after answering it with ``bot-ready``)."""
+        if not self._hello_sent:
+            self._hello_sent = True
+            await self.send(rtvi("client-ready", CLIENT_READY))
 
     async def send(self, message: dict[str, Any]) -> None:
         if self.on_say is not None and message.get("type") == "send-text":
@@ -84,9 +95,9 @@ class WireClient:
             parts.append(message["data"]["text"])
 
     async def ready(self, timeout: float = 10.0) -> dict[str, Any]:
-        """``client-ready`` → ``bot-ready``. The greeting starts as the socket connects, so some of it
-        may arrive first, as with any RTVI client: those messages are left, in order, for the next reads."""
-        await self.send(rtvi("client-ready", {"version": "2.0.0", "about": {"library": "tests"}}))
+        """``client-ready`` (unless sent already) → ``bot-ready``. Messages before it (a greeting sent
+        on connect, ``greeting.after: connect``) are left, in order, for the next reads."""
+        await self.hello()
         async with asyncio.timeout(timeout):
             while (message := await self._read()).get("type") != "bot-ready":
                 self._backlog.append(message)
@@ -111,6 +122,15 @@ class WireClient:
                 decoded = await self._decode(msg)
                 if decoded is not None:
                     self.received.append(decoded)
+
+
+async def rtvi_client(
+    ws: aiohttp.ClientWebSocketResponse, serializer: str = "rtvi", **kwargs: Any
+) -> WireClient:
+    """A client on an open socket that has said ``client-ready``, as Pipecat's clients do on connect."""
+    client = WireClient(ws, serializer, **kwargs)
+    await client.hello()
+    return client
 
 
 async def refusal_code(

@@ -33,7 +33,7 @@ from memory.backends import MemoryBackends
 from memory.embedder import load_wordllama
 from memory.postgres import EmbeddedPostgres, prepare_database
 from tests.audit import Audit
-from tests.clients import WireClient
+from tests.clients import WireClient, rtvi_client
 from tests.fake_llm import FakeLLM
 
 AUDIT_KEY = pytest.StashKey[Audit]()
@@ -137,7 +137,9 @@ class RunningGateway:
         resp = await self.start(tenant=tenant, serializer=serializer, **ids)
         assert resp.status == 200, await resp.text()
         ws = await self.http.ws_connect((await resp.json())["wsUrl"])
-        client = WireClient(ws, serializer, on_say=lambda text: self.audit.register("message text", text, 12))
+        client = await rtvi_client(
+            ws, serializer, on_say=lambda text: self.audit.register("message text", text, 12)
+        )
         self.clients.append(client)
         return client
 

@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 
 from gateway.tenants import TenantConfig, TenantRegistry, hash_key, new_key
-from tests.clients import WireClient
+from tests.clients import WireClient, rtvi_client
 
 TOKEN_SECRET = "cluster-test-secret-" + "x" * 40
 
@@ -293,7 +293,7 @@ async def greeted_session(
         headers={"Authorization": f"Bearer {key}"},
     )
     assert resp.status == 200, await resp.text()
-    client = WireClient(await http.ws_connect((await resp.json())["wsUrl"]), "rtvi")
+    client = await rtvi_client(await http.ws_connect((await resp.json())["wsUrl"]), "rtvi")
     await client.bot_turn(timeout=timeout)
     return client
 

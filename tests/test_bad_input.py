@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.clients import WireClient, refusal_code
+from tests.clients import refusal_code, rtvi_client
 from tests.conftest import GatewayFactory, RunningGateway, unique
 
 
@@ -44,7 +44,7 @@ async def test_garbage_token_is_closed_with_4001(gateway: RunningGateway) -> Non
 async def test_reused_token_is_closed_with_4001(gateway: RunningGateway) -> None:
     resp = await gateway.start(user_id="u1", serializer="rtvi")
     url = (await resp.json())["wsUrl"]
-    first = WireClient(await gateway.http.ws_connect(url))
+    first = await rtvi_client(await gateway.http.ws_connect(url))
     await first.bot_turn()
     assert await _close_code(gateway, url) == 4001
     await first.ws.close()
@@ -124,7 +124,7 @@ async def test_a_started_session_holds_its_slot_until_its_client_connects(
     assert (await gateway.start(user_id="second")).status == 429
 
     async with gateway.http.ws_connect((await started.json())["wsUrl"]) as ws:
-        client = WireClient(ws, "rtvi")
+        client = await rtvi_client(ws, "rtvi")
         assert "nice to meet you" in (await client.bot_turn()).lower()
 
 

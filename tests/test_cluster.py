@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.clients import WireClient, refusal_code
+from tests.clients import WireClient, refusal_code, rtvi_client
 from tests.conftest import unique
 from tests.fake_llm import FakeLLM
 from tests.procs import Cluster, GatewayProcess, RedisServer, redis_available, replicas
@@ -92,7 +92,7 @@ def on(replica: GatewayProcess, ws_url: str) -> str:
 
 
 async def session(http: aiohttp.ClientSession, ws_url: str) -> WireClient:
-    client = WireClient(await http.ws_connect(ws_url), "rtvi")
+    client = await rtvi_client(await http.ws_connect(ws_url), "rtvi")
     await client.bot_turn()  # greeted: the session is live
     return client
 
@@ -129,7 +129,7 @@ async def test_a_memory_written_through_one_replica_greets_the_user_through_the_
         await client.ws.close()
 
         async def greeted_with_miso() -> bool:
-            again = WireClient(
+            again = await rtvi_client(
                 await http.ws_connect(await started_url(http, b, key, user_id="wanderer")), "rtvi"
             )
             greeting = await again.bot_turn()

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from memory.backends import table_name
-from tests.clients import WireClient, refusal_code
+from tests.clients import refusal_code, rtvi_client
 from tests.conftest import unique
 from tests.fake_llm import FakeLLM
 from tests.procs import Cluster
@@ -56,7 +56,7 @@ async def test_sigterm_gives_live_sessions_the_drain_time_a_farewell_and_1001_an
             clients = []
             for i in range(20):
                 resp = await _start(http, gateway.url, key, f"caller-{i}")
-                client = WireClient(await http.ws_connect((await resp.json())["wsUrl"]), "rtvi")
+                client = await rtvi_client(await http.ws_connect((await resp.json())["wsUrl"]), "rtvi")
                 await client.bot_turn()
                 assert await client.say(f"note number {i} for later") == f"I heard: note number {i} for later"
                 clients.append(client)
@@ -109,7 +109,7 @@ async def test_a_second_sigterm_ends_the_drain_at_once(
     async with aiohttp.ClientSession() as http:
         try:
             resp = await _start(http, gateway.url, key, "lingerer")
-            client = WireClient(await http.ws_connect((await resp.json())["wsUrl"]), "rtvi")
+            client = await rtvi_client(await http.ws_connect((await resp.json())["wsUrl"]), "rtvi")
             await client.bot_turn()
             assert gateway.proc is not None
             gateway.proc.send_signal(signal.SIGTERM)

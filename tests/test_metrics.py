@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.keys import registry_key
+from tests.clients import rtvi_client
 from tests.conftest import RunningGateway
 
 
@@ -15,9 +16,7 @@ async def test_two_sessions_give_greeting_count_two_and_no_ids_or_text(gateway: 
         body = await resp.json()
         session_ids.append(body["sessionId"])
         client_ws = await gateway.http.ws_connect(body["wsUrl"])
-        from tests.clients import WireClient
-
-        client = WireClient(client_ws)
+        client = await rtvi_client(client_ws)
         await client.bot_turn()
         await client.say("secret sentence about my private life")
         await client.ws.close()

@@ -10,7 +10,7 @@ from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
-from gateway.pipeline.session import ObserverHub, SessionWorker
+from gateway.pipeline.worker import ObserverHub, SessionWorker
 
 
 class PassThrough(FrameProcessor):

@@ -29,7 +29,7 @@ from pipecat.workers.runner import WorkerRunner
 
 from gateway.pipeline import pipecatcompat
 from gateway.pipeline.pipecatcompat import ORIGINAL_COLLECTORS, cache_worker_handlers, flatten_worker_pipeline
-from gateway.pipeline.session import SessionPipeline, SessionWorker
+from gateway.pipeline.worker import SessionPipeline, SessionWorker
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 # Pipecat's decorators are untyped; typed here so the handlers below stay typed.

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 from gateway.keys import registry_key
-from tests.clients import WireClient
+from tests.clients import WireClient, rtvi_client
 from tests.conftest import GatewayFactory, RunningGateway
 
 
 async def _ws(gateway: RunningGateway, url: str, serializer: str) -> WireClient:
-    client = WireClient(await gateway.http.ws_connect(url), serializer)
+    client = await rtvi_client(await gateway.http.ws_connect(url), serializer)
     gateway.clients.append(client)
     return client
 

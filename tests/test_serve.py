@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.clients import WireClient
+from tests.clients import rtvi_client
 from tests.fake_llm import FakeLLM
 
 
@@ -67,7 +67,7 @@ async def test_serve_on_a_fresh_data_dir_starts_embedded_postgres_and_greets(
                 headers={"Authorization": f"Bearer {key}"},
             )
             assert resp.status == 200
-            client = WireClient(await http.ws_connect((await resp.json())["wsUrl"]))
+            client = await rtvi_client(await http.ws_connect((await resp.json())["wsUrl"]))
             assert "nice to meet you" in (await client.bot_turn()).lower()
             assert await client.say("hi") == "I heard: hi"
             await client.ws.close()

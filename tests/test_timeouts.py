@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from yarl import URL
 
 from gateway import closecodes
-from tests.clients import WireClient, send_text
+from tests.clients import WireClient, rtvi_client, send_text
 from tests.conftest import GatewayFactory, RunningGateway
 
 CLOSE_OPCODE = 0x8
@@ -199,7 +199,7 @@ async def test_idle_client_is_closed_with_4008_and_others_are_unaffected(
         assert resp.status == 200
         # This client pings every 0.2 s: alive, but saying nothing.
         ws = await gateway.http.ws_connect((await resp.json())["wsUrl"], heartbeat=0.2)
-        quiet = WireClient(ws)
+        quiet = await rtvi_client(ws)
         gateway.clients.append(quiet)
         connected = time.monotonic()
         await quiet.bot_turn()

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from tests.clients import WireClient
+from tests.clients import rtvi_client
 from tests.fake_llm import FakeLLM
 from tests.procs import free_port_run
 
@@ -102,7 +102,7 @@ async def test_two_workers_share_one_postgres_claim_their_own_prestarted_session
                     assert resp.status == 200, await resp.text()
                     url = (await resp.json())["wsUrl"]
                 ports.append(int(re.match(r"ws://[^:]+:(\d+)/", url).group(1)))  # type: ignore[union-attr]
-                client = WireClient(await http.ws_connect(url), "rtvi")
+                client = await rtvi_client(await http.ws_connect(url), "rtvi")
                 assert "nice to meet you" in (await client.bot_turn()).lower()
                 clients.append(client)
             assert set(ports) == {port + 1, port + 2}, ports

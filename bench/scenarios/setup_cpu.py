@@ -50,6 +50,7 @@ from typing import Any
 from bench import plots
 from bench.harness import BenchContext, ScenarioResult, percentile, target_at_most
 from bench.loadrun import Clients, GcPauses, LoadGateway, cpu_seconds, fake_llm, load_gateway
+from gateway.keys import deps_key
 
 NAME = "setup_cpu"
 TITLE = "Event-loop CPU per session set-up (/start → greeting → live)"
@@ -76,13 +77,17 @@ def _clocks() -> tuple[float, float]:
 
 
 async def _sample(
-    clients: Clients, sessions: int, timeout: float, pauses: GcPauses
+    gateway: LoadGateway, clients: Clients, sessions: int, timeout: float, pauses: GcPauses
 ) -> tuple[float, float, int]:
-    """(loop CPU s, process CPU s, sessions greeted) across one ``open`` command; its collector
-    pauses are added to ``pauses``."""
+    """(loop CPU s, process CPU s, sessions greeted) across one ``open`` command and, after the
+    greeting, until the session is live (its pipeline built, started and given the conversation:
+    a text session builds it after greeting, ``gateway.pipeline.builds``); its collector pauses are
+    added to ``pauses``."""
+    builds = gateway.app[deps_key].builds
     with pauses.watching():
         loop0, proc0 = _clocks()
         opened = await clients.open(sessions, timeout, rate=0.0)
+        await builds.settled()
         loop1, proc1 = _clocks()
     return loop1 - loop0, proc1 - proc0, int(opened["opened"])
 
@@ -114,11 +119,11 @@ async def _sequential(
         prefix = f"s{r}-{time.time_ns()}-"
         async with Clients.running(gateway, user_prefix=prefix) as clients:
             for _ in range(max(3, BASELINE_SAMPLES // rounds)):
-                loop_s, proc_s, _ = await _sample(clients, 0, 30.0, idle_pauses)
+                loop_s, proc_s, _ = await _sample(gateway, clients, 0, 30.0, idle_pauses)
                 base_loop.append(loop_s * 1000)
                 base_proc.append(proc_s * 1000)
             for i in range(per_round):
-                loop_s, proc_s, greeted = await _sample(clients, 1, 60.0, pauses)
+                loop_s, proc_s, greeted = await _sample(gateway, clients, 1, 60.0, pauses)
                 if greeted != 1:
                     failed += 1
                     continue
@@ -181,6 +186,7 @@ async def _paced(
             opened = await clients.open(
                 sessions, 60.0 + sessions, lambda i, n: ctx.progress("paced", i, n), rate=PACED_RATE
             )
+            await gateway.app[deps_key].builds.settled()  # the last sessions' pipelines too
             wall = time.perf_counter() - wall0
             loop1, proc1 = _clocks()
         errors = dict((await clients.close())["errors"])
@@ -218,6 +224,7 @@ async def _profile(
         for i in range(sessions):
             profiler.enable()
             await clients.open(1, 60.0, rate=0.0)
+            await gateway.app[deps_key].builds.settled()
             profiler.disable()
             ctx.progress("profile", i + 1, sessions)
         gc.collect()

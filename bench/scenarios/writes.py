@@ -4,9 +4,10 @@ Several sessions talk at once, each turn after the previous one's write has land
 what the store sustains, not how fast a queue fills). Per turn, as the LLM context frame passes the
 memory service:
 
-* **incremental** — the gateway's ``GatewayMemoryService._store_new_messages``: only the messages not
-  stored yet (the previous bot reply and this user message) go through the tenant's bounded write
-  queue to its shared backend; the session's last reply is stored at the end (``store_final``).
+* **incremental** — the gateway's ``ConversationStore.store_new`` (what ``GatewayMemoryService`` stores
+  through): only the messages not stored yet (the previous bot reply and this user message) go through
+  the tenant's bounded write queue to its shared backend; the session's last reply is stored at the
+  end (``store_final``).
 * **naive** — Pipecat's own ``Mem0MemoryService._store_messages`` with the whole user/assistant
   context, as its ``process_frame`` does on every turn. Pipecat omits ``infer`` (mem0 then runs an LLM
   extraction over the growing history each turn); with no LLM here the client forces ``infer=False``,
@@ -67,18 +68,18 @@ async def _incremental_session(
 ) -> None:
     from pipecat.processors.aggregators.llm_context import LLMContext
 
+    from memory.conversation import ConversationStore
     from memory.scope import MemoryScope
-    from memory.service import GatewayMemoryService
 
     scope = MemoryScope(tenant, user_id=f"inc-{session}")
-    service = GatewayMemoryService(backend=backend, scope=scope)
+    service = ConversationStore(backend=backend, scope=scope)
     context = LLMContext()
     timings: list[float] = []
     for turn in range(turns):
         user, bot = _turn_text(session, turn)
         context.add_message({"role": "user", "content": user})
         started = time.perf_counter()
-        await service._store_new_messages(context)
+        await service.store_new(context)
         if not await service.flush(60.0):
             raise RuntimeError("an incremental write did not land")
         timings.append(time.perf_counter() - started)

@@ -88,14 +88,12 @@ class SessionRegistry(abc.ABC):
         self,
         *,
         metrics: GatewayMetrics,
-        start_concurrency: int = 8,
         prefetch_ttl_secs: float = 120.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self._metrics = metrics
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
         self._prefetch_ttl = prefetch_ttl_secs
-        self._starting = asyncio.Semaphore(start_concurrency)
         self._local = _Local()
         self._draining = False
         # Each replica's own name: part of every lease holder, so a log line or a Redis key says who.
@@ -289,15 +287,22 @@ class SessionRegistry(abc.ABC):
         entry = self._local.prefetches.pop(session_id, None)
         return entry.task if entry is not None else None
 
-    def prestart(self, session: Session, lease: Lease, after: asyncio.Task[Any] | None, wait: float) -> None:
-        """Run a session started at ``/start`` until its client claims it or it ends unclaimed."""
-        self._local.sessions.add(session)  # from now on, draining closes it too
-        task = asyncio.create_task(self.run(session, lease, after=after, wait=wait), name="session")
+    def prestart(self, session: Session, lease: Lease) -> None:
+        """Run a session assembled at ``/start`` until its client claims it or it ends unclaimed."""
+        task = self.launch(session, lease)
         entry = PendingSession(session=session, lease=lease, task=task)
         self._local.pending[session.id] = entry
+        task.add_done_callback(lambda _: self._drop_pending(entry))
+
+    def launch(self, session: Session, lease: Lease) -> asyncio.Task[str]:
+        """Run a session in a task of its own (``run``): its life is the registry's, not that of
+        whatever request started it (a handler cancelled when its connection drops must not cut the
+        session's clean-up short)."""
+        self._local.sessions.add(session)  # from now on, draining closes it too
+        task = asyncio.create_task(self.run(session, lease), name="session")
         self._local.tasks.add(task)
         task.add_done_callback(self._local.tasks.discard)
-        task.add_done_callback(lambda _: self._drop_pending(entry))
+        return task
 
     def _drop_pending(self, entry: PendingSession) -> None:
         if self._local.pending.get(entry.session.id) is entry:
@@ -325,43 +330,15 @@ class SessionRegistry(abc.ABC):
         """A connect that found no started session here (or a replaced one) and builds its own."""
         self._metrics.prestart_total.labels(tenant, "missed").inc()
 
-    async def run(
-        self, session: Session, lease: Lease, after: asyncio.Task[Any] | None = None, wait: float = 0.0
-    ) -> str:
-        """Run one session to its end, then release its lease.
-
-        ``after``: when pipelines are already starting at the ``start_concurrency`` limit, let this task
-        (the greeting's memory listing, one indexed query on this loop) finish first, for at most
-        ``wait`` seconds. In a reconnect storm that keeps hundreds of pipelines starting at once from
-        starving the listings, which would otherwise miss the greeting deadline and greet everyone
-        generically. With a free start slot the pipeline starts at once: the query is in flight in
-        PostgreSQL meanwhile, and waiting for it would put its round trip on the way to the greeting.
-        """
+    async def run(self, session: Session, lease: Lease) -> str:
+        """Run one session to its end, then release its lease. (When its pipeline is built and
+        started is the session's business: ``gateway.pipeline.builds``.)"""
         self._local.sessions.add(session)
         try:
-            if after is not None and self._starting.locked():
-                await asyncio.wait({after}, timeout=wait)
-            run: asyncio.Future[str] | None = None
-            try:
-                async with self._starting:
-                    # A start slot is held only until the pipeline is up: a burst of connects starts a
-                    # few pipelines at a time, in arrival order, instead of all of them at once.
-                    if session.closed:
-                        return "shutdown"
-                    run = asyncio.ensure_future(session.run())
-                    started = asyncio.ensure_future(session.started())
-                    try:
-                        await asyncio.wait({run, started}, return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        started.cancel()
-                outcome = await run
-                if outcome == "unclaimed":
-                    self._metrics.prestart_total.labels(lease.tenant, "unclaimed").inc()
-                return outcome
-            except asyncio.CancelledError:
-                if run is not None:
-                    run.cancel()
-                raise
+            outcome = await session.run()
+            if outcome == "unclaimed":
+                self._metrics.prestart_total.labels(lease.tenant, "unclaimed").inc()
+            return outcome
         finally:
             self._local.sessions.discard(session)
             await self.release(lease)

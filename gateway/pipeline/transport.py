@@ -1,18 +1,22 @@
 """An aiohttp WebSocket transport for Pipecat, in the shape of Pipecat's FastAPI transport.
 
 A holder (``AiohttpWebsocketTransport``) exposes ``input()`` / ``output()``; one client object
-(``AiohttpWebsocketClient``) owns the socket; the serializer is injected through the params. On top of
-the FastAPI model it:
+(``AiohttpWebsocketClient``) owns the socket; the serializer is injected through the params. Unlike
+Pipecat's transports, the client, not the input transport, reads the socket: a session speaks to its
+client (the RTVI handshake, the greeting) before its pipeline exists (``gateway.pipeline.session``), so
+the client reads from the moment the socket is attached and hands each decoded frame to a *sink* — the
+session's inbox first, the pipeline's input transport once the session hands the conversation over
+(``AiohttpWebsocketInputTransport.deliver``). On top of the FastAPI model the client:
 
 * answers an undecodable frame with an RTVI ``error`` message (no internals), and closes with 1007
   after ``max_bad_frames`` of them;
 * lets aiohttp enforce the message-size limit (close 1009) and reports it;
 * bounds every send with a timeout, so a client that stops reading cannot stall the pipeline (1008);
 * closes a connection whose client sent nothing for ``idle_timeout`` (4008), pings not counting;
-* counts messages per direction through callbacks bound once per session (no label lookups per frame);
-* can start before its socket exists: a session assembled and started at ``/start`` gets its socket
-  with ``attach()`` when the client connects; until then nothing is read or written, and
-  ``on_client_connected`` fires on attach. ``attach_timeout`` bounds the wait;
+* reports what happens through one ``TransportHooks`` object (messages per direction, rejections,
+  messages written and received), bound once per session: no label lookups per frame;
+* can exist before its socket: a session assembled at ``/start`` gets its socket with ``attach()``
+  when the client connects; until then nothing is read or written;
 * writes an urgent message (RTVI's) on the task that produced it when the socket can take it without
   waiting (``send_message_now``), and otherwise queues it behind the ones already waiting, so that
   a slow client still meets the send timeout on the output transport's own task.
@@ -22,10 +26,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pipecat.processors.frameworks.rtvi.models as RTVI
-from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
+from aiohttp import WebSocketError, WSMsgType, web
 from pipecat.frames.frames import (
     CancelFrame,
     ClientConnectedFrame,
@@ -34,6 +39,7 @@ from pipecat.frames.frames import (
     InputAudioRawFrame,
     InputTransportMessageFrame,
     InterruptionFrame,
+    LLMFullResponseEndFrame,
     OutputAudioRawFrame,
     OutputTransportMessageFrame,
     OutputTransportMessageUrgentFrame,
@@ -52,17 +58,44 @@ from gateway.pipeline.serializers import UndecodableFrame
 
 log = get_logger(__name__)
 
-
-def _noop() -> None:
-    pass
+Sink = Callable[[Frame], Awaitable[None]]
 
 
-def _no_reject(_reason: str, _code: int) -> None:
-    pass
+class TransportHooks:
+    """What a transport tells its session; every method is called on the event loop and must not wait.
+
+    The base class does nothing, which is what a transport without a session (a test) wants.
+    """
+
+    def count_in(self) -> None:
+        """A data message was received."""
+
+    def count_out(self) -> None:
+        """A message was written."""
+
+    def bad_frame(self) -> None:
+        """A message was not a frame of the negotiated protocol."""
+
+    def rejected(self, reason: str, code: int) -> None:
+        """The connection is being closed for ``reason`` with close ``code``."""
+
+    def response_written(self) -> None:
+        """A response of the bot's (everything RTVI reports of it, its last ``bot-output`` included)
+        has been written."""
+
+    def client_message(self, message: dict[str, Any]) -> None:
+        """An RTVI message arrived from the client (before anything handles it)."""
 
 
-def _no_room() -> int:
-    return 0
+@dataclass(frozen=True, slots=True)
+class SocketHandle:
+    """An accepted WebSocket and what only its request can do: drop the TCP connection (``abort``),
+    and tell how many bytes its transport takes now without pausing its writer (``write_room``; 0
+    when unknown: every message then goes through the output transport's queue)."""
+
+    ws: web.WebSocketResponse
+    abort: Callable[[], None]
+    write_room: Callable[[], int]
 
 
 class DeferredMessageFrame(OutputTransportMessageUrgentFrame):
@@ -75,102 +108,62 @@ class AiohttpWebsocketParams(TransportParams):
 
     Parameters:
         serializer: Frame serializer for this connection's wire format.
-        session_timeout: Seconds after which ``on_session_timeout`` fires; None for never.
         send_timeout: Longest a single send may wait on a slow client before closing with 1008.
         idle_timeout: Longest the client may send no data message before closing with 4008.
         close_timeout: Longest to wait for the close handshake.
         max_bad_frames: Undecodable frames tolerated before closing with 1007.
-        attach_timeout: Longest a transport started without its socket waits for ``attach()``
-            before it reports the client as gone.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     serializer: FrameSerializer | None = None
-    session_timeout: float | None = Field(default=None, gt=0)
     send_timeout: float = Field(default=10.0, gt=0)
     idle_timeout: float | None = Field(default=None, gt=0)
     close_timeout: float = Field(default=1.0, gt=0)
     max_bad_frames: int = Field(default=5, ge=1)
-    attach_timeout: float = Field(default=10.0, gt=0)
 
 
 class AiohttpWebsocketClient:
-    """Owns the aiohttp ``WebSocketResponse``: receiving, sending, closing, and its events."""
+    """Owns the aiohttp ``WebSocketResponse``: reading, sending, closing.
 
-    def __init__(
-        self,
-        ws: web.WebSocketResponse | None,
-        *,
-        on_connected: Callable[[], Awaitable[None]],
-        on_disconnected: Callable[[], Awaitable[None]],
-        on_timeout: Callable[[], Awaitable[None]],
-        send_timeout: float,
-        close_timeout: float,
-        idle_timeout: float | None = None,
-        count_in: Callable[[], None] = _noop,
-        count_out: Callable[[], None] = _noop,
-        on_reject: Callable[[str, int], None] = _no_reject,
-        abort: Callable[[], None] = _noop,
-        write_room: Callable[[], int] = _no_room,
-    ) -> None:
-        """``abort`` drops the TCP connection; ``write_room`` is how many bytes its transport takes now
-        without pausing its writer (0 when unknown: every message then goes through the queue)."""
-        self._ws = ws
+    One reader task per socket (``start_reading``) decodes each data message with the serializer and
+    awaits ``sink(frame)`` before it reads the next, so frames reach whoever holds the sink in the
+    order the client sent them, and a sink that is full holds the reader back (TCP does the rest).
+    """
+
+    def __init__(self, params: AiohttpWebsocketParams, hooks: TransportHooks) -> None:
+        self._params = params
+        self._serializer = params.serializer
+        self._hooks = hooks
+        self._socket: SocketHandle | None = None
         self._attached = asyncio.Event()
-        if ws is not None:
-            self._attached.set()
-        self._abort = abort
-        self._write_room = write_room
-        self._on_reject = on_reject
-        self._idle_timeout = idle_timeout
-        self._on_connected = on_connected
-        self._on_disconnected = on_disconnected
-        self._on_timeout = on_timeout
-        self._send_timeout = send_timeout
-        self._close_timeout = close_timeout
-        self._count_in = count_in
-        self._count_out = count_out
+        self._reader: asyncio.Task[None] | None = None
         self._closing = False
+        self._bad_frames = 0
         self._users = 0
         self.close_code: int | None = None
-        self.close_reason: str | None = None
 
     @property
     def websocket(self) -> web.WebSocketResponse | None:
-        return self._ws
+        return self._socket.ws if self._socket is not None else None
 
     @property
     def is_connected(self) -> bool:
-        return self._ws is not None and not self._ws.closed
+        return self._socket is not None and not self._socket.ws.closed
 
-    def attach(
-        self,
-        ws: web.WebSocketResponse,
-        abort: Callable[[], None] | None = None,
-        write_room: Callable[[], int] | None = None,
-    ) -> None:
-        """Hand over the socket of a session that started before its client connected."""
-        if self._ws is not None:
+    @property
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def attach(self, socket: SocketHandle) -> None:
+        """Hand over the client's socket (once)."""
+        if self._socket is not None:
             raise RuntimeError("a socket is already attached")
-        self._ws = ws
-        if abort is not None:
-            self._abort = abort
-        if write_room is not None:
-            self._write_room = write_room
+        self._socket = socket
         self._attached.set()
 
-    def fits_now(self, size: int) -> bool:
-        """Whether a message of ``size`` bytes can be written without waiting for the client: the
-        socket's buffer is at or below its low-water mark (so its writer is not paused) and stays
-        below the high-water mark with the message (so it does not pause) — aiohttp's send then
-        completes without suspending, and nothing can cancel it half-way."""
-        ws = self._ws
-        return ws is not None and not self._closing and not ws.closed and self._write_room() > size
-
     async def wait_attached(self, timeout: float) -> bool:
-        """True once a socket is attached (at once if it came with the client); False on timeout
-        or if the client was closed first."""
+        """True once a socket is attached; False on timeout or if the client was closed first."""
         try:
             async with asyncio.timeout(timeout):
                 await self._attached.wait()
@@ -178,32 +171,51 @@ class AiohttpWebsocketClient:
             return False
         return not self._closing
 
-    @property
-    def is_closing(self) -> bool:
-        return self._closing
+    def start_reading(self, sink: Sink, on_end: Callable[[], Awaitable[None]]) -> None:
+        """Read the socket until it ends, each decoded frame to ``sink``; then ``await on_end()``
+        (not when the reader is cancelled: whoever cancels it is ending the session already)."""
+        if self._reader is None and self._socket is not None:
+            self._reader = asyncio.create_task(self._read(sink, on_end), name="ws-reader")
 
-    async def setup(self, _: FrameProcessorSetup) -> None:
-        self._users += 1
+    async def stop_reading(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+            try:
+                await reader
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
 
-    async def receive(self) -> Any:
+    def fits_now(self, size: int) -> bool:
+        """Whether a message of ``size`` bytes can be written without waiting for the client: the
+        socket's buffer is at or below its low-water mark (so its writer is not paused) and stays
+        below the high-water mark with the message (so it does not pause) — aiohttp's send then
+        completes without suspending, and nothing can cancel it half-way."""
+        socket = self._socket
+        return (
+            socket is not None and not self._closing and not socket.ws.closed and socket.write_room() > size
+        )
+
+    async def _receive(self) -> Any:
         """Yield each data message until the socket closes, errors or idles out."""
-        ws = self._ws
-        if ws is None:
-            return
+        assert self._socket is not None
+        ws = self._socket.ws
         while True:
             try:
                 # An absolute wait per message: aiohttp's own receive timeout restarts on every
                 # ping/pong, so a client that only keeps the socket alive would never idle out.
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps every call in a new task.
-                async with asyncio.timeout(self._idle_timeout):
+                async with asyncio.timeout(self._params.idle_timeout):
                     msg = await ws.receive()
             except TimeoutError:
-                self._on_reject("idle_timeout", closecodes.IDLE_TIMEOUT)
+                self._hooks.rejected("idle_timeout", closecodes.IDLE_TIMEOUT)
                 await self.close(closecodes.IDLE_TIMEOUT, "idle timeout")
                 break
             if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
                 break
-            self._count_in()
+            self._hooks.count_in()
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 yield msg.data
             elif msg.type == WSMsgType.ERROR:
@@ -214,149 +226,16 @@ class AiohttpWebsocketClient:
                 reason = (
                     "message_too_big" if self.close_code == closecodes.MESSAGE_TOO_BIG else "protocol_error"
                 )
-                self._on_reject(reason, self.close_code)
+                self._hooks.rejected(reason, self.close_code)
                 break
         if self.close_code is None:
             self.close_code = ws.close_code
 
-    async def send(self, data: str | bytes) -> bool:
-        ws = self._ws
-        if self._closing or ws is None or ws.closed:
-            return False
+    async def _read(self, sink: Sink, on_end: Callable[[], Awaitable[None]]) -> None:
+        serializer = self._serializer
+        hooks = self._hooks
         try:
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps every send in a new task.
-            async with asyncio.timeout(self._send_timeout):
-                if isinstance(data, bytes):
-                    await ws.send_bytes(data)
-                else:
-                    await ws.send_str(data)
-        except TimeoutError:
-            self._on_reject("slow_client", closecodes.POLICY_VIOLATION)
-            await self.close(closecodes.POLICY_VIOLATION, "client not reading")
-            return False
-        except (ConnectionError, RuntimeError) as e:
-            log.info("ws.send_failed", error=type(e).__name__)
-            return False
-        self._count_out()
-        return True
-
-    async def close(self, code: int = WSCloseCode.OK, reason: str = "") -> None:
-        """Close the socket once; later calls (from any teardown path) are no-ops.
-
-        A close that cannot complete — the client stopped reading, so not even the close frame goes
-        out — aborts the TCP connection: otherwise aiohttp waits for the unsent data forever, the
-        socket's buffers stay allocated and the receive loop never sees the end.
-        """
-        if self._closing:
-            return
-        self._closing = True
-        if self.close_code is None:
-            self.close_code, self.close_reason = code, reason
-        ws = self._ws
-        if ws is None:
-            self._attached.set()  # wake a transport still waiting for its socket: it never comes
-            return
-        if ws.closed:
-            return
-        try:
-            await asyncio.wait_for(ws.close(code=code, message=reason.encode()[:120]), self._close_timeout)
-            return
-        except asyncio.CancelledError:
-            # aiohttp's writers share one drain future; the send timeout that cancelled a stuck send
-            # cancels it too, and our close then sees a CancelledError nobody aimed at this task.
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                self._abort()
-                raise
-        except (TimeoutError, ConnectionError, RuntimeError):
-            pass
-        self._abort()
-
-    async def disconnect(self) -> None:
-        self._users -= 1
-        if self._users > 0:
-            return
-        await self.close(WSCloseCode.OK, "session ended")
-
-    async def trigger_connected(self) -> None:
-        await self._on_connected()
-
-    async def trigger_disconnected(self) -> None:
-        await self._on_disconnected()
-
-    async def trigger_timeout(self) -> None:
-        await self._on_timeout()
-
-
-class AiohttpWebsocketInputTransport(BaseInputTransport):
-    def __init__(
-        self,
-        transport: BaseTransport,
-        client: AiohttpWebsocketClient,
-        params: AiohttpWebsocketParams,
-        on_bad_frame: Callable[[], None] = _noop,
-        on_client_message: Callable[[dict[str, Any]], None] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(params, **kwargs)
-        self._transport = transport
-        self._client = client
-        self._ws_params = params
-        self._on_bad_frame = on_bad_frame
-        self._on_client_message = on_client_message
-        self._receive_task: asyncio.Task[None] | None = None
-        self._monitor_task: asyncio.Task[None] | None = None
-        self._bad_frames = 0
-
-    async def setup(self, setup: FrameProcessorSetup) -> None:  # type: ignore[override]
-        await super().setup(setup)
-        await self._client.setup(setup)
-        if self._ws_params.serializer:
-            await self._ws_params.serializer.setup(setup)
-
-    async def start(self, frame: StartFrame) -> None:
-        await super().start(frame)
-        if not self._receive_task:
-            self._receive_task = self.create_task(self._serve())
-        await self.set_transport_ready(frame)
-
-    async def _serve(self) -> None:
-        """Once the socket is there: report the client connected, then read until it goes."""
-        if not await self._client.wait_attached(self._ws_params.attach_timeout):
-            await self._client.close(WSCloseCode.OK, "client never connected")
-            await self._client.trigger_disconnected()
-            return
-        if not self._monitor_task and self._ws_params.session_timeout:
-            self._monitor_task = self.create_task(self._monitor(self._ws_params.session_timeout))
-        await self._client.trigger_connected()
-        await self.push_frame(ClientConnectedFrame())
-        await self._receive_messages()
-
-    async def _teardown(self) -> None:
-        if self._monitor_task:
-            await self.cancel_task(self._monitor_task)
-            self._monitor_task = None
-        if self._receive_task:
-            await self.cancel_task(self._receive_task)
-            self._receive_task = None
-        await self._client.disconnect()
-
-    async def stop(self, frame: EndFrame) -> None:
-        await super().stop(frame)
-        await self._teardown()
-
-    async def cancel(self, frame: CancelFrame) -> None:
-        await super().cancel(frame)
-        await self._teardown()
-
-    async def cleanup(self) -> None:
-        await super().cleanup()
-        await self._teardown()
-
-    async def _receive_messages(self) -> None:
-        serializer = self._ws_params.serializer
-        try:
-            async for data in self._client.receive():
+            async for data in self._receive():
                 if serializer is None:
                     continue
                 try:
@@ -368,44 +247,152 @@ class AiohttpWebsocketInputTransport(BaseInputTransport):
                 if frame is None:
                     continue
                 self._bad_frames = 0
-                if isinstance(frame, InputAudioRawFrame):
-                    await self.push_audio_frame(frame)
-                elif isinstance(frame, InputTransportMessageFrame):
-                    if self._on_client_message is not None:
-                        self._on_client_message(frame.message)
-                    await self.broadcast_frame(InputTransportMessageFrame, message=frame.message)
-                else:
-                    await self.push_frame(frame)
+                if isinstance(frame, InputTransportMessageFrame) and isinstance(frame.message, dict):
+                    hooks.client_message(frame.message)
+                await sink(frame)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("ws.receive_failed")
-            await self._client.close(WSCloseCode.INTERNAL_ERROR, "internal error")
+            await self.close(closecodes.INTERNAL_ERROR, "internal error")
         # However the socket ended (client left, protocol error, abuse, slow reader), the session ends.
-        await self._client.trigger_disconnected()
+        self._reader = None
+        await on_end()
 
     async def _reject_frame(self, reason: str) -> bool:
         """Tell the client its frame was refused; True once it has used up its allowance."""
         self._bad_frames += 1
-        self._on_bad_frame()
+        self._hooks.bad_frame()
         error = RTVI.Error(data=RTVI.ErrorData(error=f"undecodable frame: {reason}", fatal=False))
         # Answered by the transport itself, straight onto the socket: it is a wire-level reply, and it
         # must precede the 1007 close rather than race it through the pipeline.
-        serializer = self._ws_params.serializer
-        if serializer is not None:
-            payload = await serializer.serialize(
-                OutputTransportMessageUrgentFrame(message=error.model_dump(exclude_none=True))
-            )
-            if payload:
-                await self._client.send(payload)
-        if self._bad_frames >= self._ws_params.max_bad_frames:
-            await self._client.close(closecodes.INVALID_PAYLOAD, "too many undecodable frames")
+        await self.send_message(error.model_dump(exclude_none=True))
+        if self._bad_frames >= self._params.max_bad_frames:
+            await self.close(closecodes.INVALID_PAYLOAD, "too many undecodable frames")
             return True
         return False
 
-    async def _monitor(self, timeout: float) -> None:
-        await asyncio.sleep(timeout)
-        await self._client.trigger_timeout()
+    async def send(self, data: str | bytes) -> bool:
+        socket = self._socket
+        if self._closing or socket is None or socket.ws.closed:
+            return False
+        try:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps every send in a new task.
+            async with asyncio.timeout(self._params.send_timeout):
+                if isinstance(data, bytes):
+                    await socket.ws.send_bytes(data)
+                else:
+                    await socket.ws.send_str(data)
+        except TimeoutError:
+            self._hooks.rejected("slow_client", closecodes.POLICY_VIOLATION)
+            await self.close(closecodes.POLICY_VIOLATION, "client not reading")
+            return False
+        except (ConnectionError, RuntimeError) as e:
+            log.info("ws.send_failed", error=type(e).__name__)
+            return False
+        self._hooks.count_out()
+        return True
+
+    async def send_message(self, message: dict[str, Any]) -> bool:
+        """Serialize an RTVI message for this wire format and write it (under the send timeout)."""
+        if self._serializer is None:
+            return False
+        payload = await self._serializer.serialize(OutputTransportMessageUrgentFrame(message=message))
+        return payload is not None and await self.send(payload)
+
+    async def close(self, code: int = closecodes.NORMAL, reason: str = "") -> None:
+        """Close the socket once; later calls (from any teardown path) are no-ops.
+
+        A close that cannot complete — the client stopped reading, so not even the close frame goes
+        out — aborts the TCP connection: otherwise aiohttp waits for the unsent data forever, the
+        socket's buffers stay allocated and the receive loop never sees the end.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        if self.close_code is None:
+            self.close_code = code
+        socket = self._socket
+        if socket is None:
+            self._attached.set()  # wake a session still waiting for its socket: it never comes
+            return
+        if socket.ws.closed:
+            return
+        try:
+            await asyncio.wait_for(
+                socket.ws.close(code=code, message=reason.encode()[:120]), self._params.close_timeout
+            )
+            return
+        except asyncio.CancelledError:
+            # aiohttp's writers share one drain future; the send timeout that cancelled a stuck send
+            # cancels it too, and our close then sees a CancelledError nobody aimed at this task.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                socket.abort()
+                raise
+        except (TimeoutError, ConnectionError, RuntimeError):
+            pass
+        socket.abort()
+
+    async def setup(self, _: FrameProcessorSetup) -> None:
+        self._users += 1
+
+    async def disconnect(self) -> None:
+        """One of the pipeline's two transports is done with the socket; the last one closes it."""
+        self._users -= 1
+        if self._users > 0:
+            return
+        await self.close(closecodes.NORMAL, "session ended")
+
+
+class AiohttpWebsocketInputTransport(BaseInputTransport):
+    """The pipeline's side of the client's reader: ``deliver`` turns each frame the client read into
+    the pushes Pipecat's input transports make. It reads nothing itself (``AiohttpWebsocketClient``)."""
+
+    def __init__(
+        self,
+        transport: BaseTransport,
+        client: AiohttpWebsocketClient,
+        params: AiohttpWebsocketParams,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(params, **kwargs)
+        self._transport = transport
+        self._client = client
+        self._ws_params = params
+        # Set once StartFrame has reached this processor: from then on it may push frames.
+        self.started = asyncio.Event()
+
+    async def setup(self, setup: FrameProcessorSetup) -> None:  # type: ignore[override]
+        await super().setup(setup)
+        await self._client.setup(setup)
+        if self._ws_params.serializer:
+            await self._ws_params.serializer.setup(setup)
+
+    async def start(self, frame: StartFrame) -> None:
+        await super().start(frame)
+        await self.set_transport_ready(frame)
+        self.started.set()
+
+    async def connected(self) -> None:
+        """The conversation is the pipeline's from now on (frames follow through ``deliver``)."""
+        await self.push_frame(ClientConnectedFrame())
+
+    async def deliver(self, frame: Frame) -> None:
+        if isinstance(frame, InputAudioRawFrame):
+            await self.push_audio_frame(frame)
+        elif isinstance(frame, InputTransportMessageFrame):
+            await self.broadcast_frame(InputTransportMessageFrame, message=frame.message)
+        else:
+            await self.push_frame(frame)
+
+    async def stop(self, frame: EndFrame) -> None:
+        await super().stop(frame)
+        await self._client.disconnect()
+
+    async def cancel(self, frame: CancelFrame) -> None:
+        await super().cancel(frame)
+        await self._client.disconnect()
 
 
 class AiohttpWebsocketOutputTransport(BaseOutputTransport):
@@ -414,14 +401,14 @@ class AiohttpWebsocketOutputTransport(BaseOutputTransport):
         transport: BaseTransport,
         client: AiohttpWebsocketClient,
         params: AiohttpWebsocketParams,
-        on_message: Callable[[dict[str, Any]], None] | None = None,
+        hooks: TransportHooks,
         **kwargs: Any,
     ) -> None:
         super().__init__(params, **kwargs)
         self._transport = transport
         self._client = client
         self._ws_params = params
-        self._on_message = on_message
+        self._hooks = hooks
         self._deferred = 0
         self._send_interval = 0.0
         self._next_send_time = 0.0
@@ -433,8 +420,6 @@ class AiohttpWebsocketOutputTransport(BaseOutputTransport):
         await super().setup(setup)
         self._send_interval = (self.audio_chunk_size / self.sample_rate) / 2
         await self._client.setup(setup)
-        if self._ws_params.serializer:
-            await self._ws_params.serializer.setup(setup)
 
     async def start(self, frame: StartFrame) -> None:
         await super().start(frame)
@@ -451,10 +436,6 @@ class AiohttpWebsocketOutputTransport(BaseOutputTransport):
         await self._write_frame(frame)
         await self._client.disconnect()
 
-    async def cleanup(self) -> None:
-        await super().cleanup()
-        await self._client.disconnect()
-
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         if isinstance(frame, DeferredMessageFrame):
@@ -467,8 +448,13 @@ class AiohttpWebsocketOutputTransport(BaseOutputTransport):
         self, frame: OutputTransportMessageFrame | OutputTransportMessageUrgentFrame
     ) -> None:
         await self._write_frame(frame)
-        if self._on_message is not None and isinstance(frame.message, dict):
-            self._on_message(frame.message)
+
+    async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM) -> None:
+        await super().push_frame(frame, direction)
+        # A response's frames leave in order from the media sender's queue: once its end frame does,
+        # RTVI has written everything it reports of the response (its bot-output messages included).
+        if isinstance(frame, LLMFullResponseEndFrame) and direction == FrameDirection.DOWNSTREAM:
+            self._hooks.response_written()
 
     async def send_message_now(self, frame: OutputTransportMessageUrgentFrame) -> None:
         """Write an urgent message on the caller's task if the socket takes it without waiting;
@@ -486,9 +472,7 @@ class AiohttpWebsocketOutputTransport(BaseOutputTransport):
             # A WebSocket frame header is at most 14 bytes; a str may take 4 bytes per character.
             size = 14 + (len(payload) * 4 if isinstance(payload, str) else len(payload))
             if self._client.fits_now(size):
-                if await self._client.send(payload) and self._on_message is not None:
-                    if isinstance(frame.message, dict):
-                        self._on_message(frame.message)
+                await self._client.send(payload)
                 return
         self._deferred += 1
         await self.queue_frame(DeferredMessageFrame(message=frame.message), FrameDirection.DOWNSTREAM)
@@ -517,62 +501,21 @@ class AiohttpWebsocketOutputTransport(BaseOutputTransport):
 
 
 class AiohttpWebsocketTransport(BaseTransport):
-    """Pipecat transport over an aiohttp ``WebSocketResponse``: prepared already, or ``attach()``-ed later.
-
-    Event handlers: ``on_client_connected``, ``on_client_disconnected``, ``on_session_timeout``.
-    ``on_client_message`` sees each decoded client message (RTVI) as it arrives, before the pipeline
-    does: the session keeps what was typed, so a turn whose handling the disconnect cut short is
-    still stored.
-    """
+    """Pipecat transport over a socket an ``AiohttpWebsocketClient`` owns (and reads)."""
 
     def __init__(
         self,
-        ws: web.WebSocketResponse | None,
+        client: AiohttpWebsocketClient,
         params: AiohttpWebsocketParams,
+        hooks: TransportHooks,
         *,
-        count_in: Callable[[], None] = _noop,
-        count_out: Callable[[], None] = _noop,
-        on_bad_frame: Callable[[], None] = _noop,
-        on_reject: Callable[[str, int], None] = _no_reject,
-        abort: Callable[[], None] = _noop,
-        write_room: Callable[[], int] = _no_room,
-        on_message: Callable[[dict[str, Any]], None] | None = None,
-        on_client_message: Callable[[dict[str, Any]], None] | None = None,
         input_name: str | None = None,
         output_name: str | None = None,
     ) -> None:
         super().__init__(input_name=input_name, output_name=output_name)
-        self._ws_params = params
-        self._client = AiohttpWebsocketClient(
-            ws,
-            on_connected=lambda: self._call_event_handler("on_client_connected", self._client.websocket),
-            on_disconnected=lambda: self._call_event_handler(
-                "on_client_disconnected", self._client.websocket
-            ),
-            on_timeout=lambda: self._call_event_handler("on_session_timeout", self._client.websocket),
-            send_timeout=params.send_timeout,
-            close_timeout=params.close_timeout,
-            idle_timeout=params.idle_timeout,
-            count_in=count_in,
-            count_out=count_out,
-            on_reject=on_reject,
-            abort=abort,
-            write_room=write_room,
-        )
-        self._input = AiohttpWebsocketInputTransport(
-            self,
-            self._client,
-            params,
-            on_bad_frame=on_bad_frame,
-            on_client_message=on_client_message,
-            name=self._input_name,
-        )
-        self._output = AiohttpWebsocketOutputTransport(
-            self, self._client, params, on_message=on_message, name=self._output_name
-        )
-        self._register_event_handler("on_client_connected")
-        self._register_event_handler("on_client_disconnected")
-        self._register_event_handler("on_session_timeout")
+        self._client = client
+        self._input = AiohttpWebsocketInputTransport(self, client, params, name=self._input_name)
+        self._output = AiohttpWebsocketOutputTransport(self, client, params, hooks, name=self._output_name)
 
     @property
     def client(self) -> AiohttpWebsocketClient:

@@ -39,8 +39,7 @@ from pipecat.audio.turn.smart_turn.base_smart_turn import BaseSmartTurn
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
-from pipecat.frames.frames import ClientConnectedFrame, Frame
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.services.openai.stt import OpenAISTTService
 from pipecat.services.openai.tts import OpenAITTSService
 from pipecat.transcriptions.language import Language
@@ -151,21 +150,6 @@ class VoiceModels:
         return SharedSmartTurnAnalyzer(self._smart_turn)
 
 
-class VoiceUnavailable(FrameProcessor):
-    """Tells the client, as soon as it is connected, which half of voice is off and why (non-fatal)."""
-
-    def __init__(self, messages: list[str], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._messages = messages
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        await self.push_frame(frame, direction)
-        if isinstance(frame, ClientConnectedFrame):
-            for message in self._messages:
-                await self.push_error(message)
-
-
 @dataclass
 class Voice:
     """What a session adds for voice; all empty/None in text mode."""
@@ -178,6 +162,7 @@ class Voice:
     # the pipeline's start. Pipecat's defaults, which text mode keeps.
     audio_in_sample_rate: int = 16000
     audio_out_sample_rate: int = TTS_SAMPLE_RATE
+    # What the client is told, as an RTVI error right after bot-ready, about a half left out.
     unavailable: list[str] = field(default_factory=list)
 
     @property
@@ -191,12 +176,7 @@ class Voice:
 
     def input_processors(self) -> list[FrameProcessor]:
         """Between the transport input and the user aggregator."""
-        processors: list[FrameProcessor] = []
-        if self.unavailable:
-            processors.append(VoiceUnavailable(self.unavailable))
-        if self.stt is not None:
-            processors.append(self.stt)
-        return processors
+        return [self.stt] if self.stt is not None else []
 
 
 def _vad_params(settings: STTSettings) -> VADParams:

@@ -26,7 +26,7 @@ from gateway.keys import (
 from gateway.logging import get_logger
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline.builder import SessionDeps
-from gateway.pipeline.builds import PipelineBuilds
+from gateway.pipeline.builds import GreetingBoard, PipelineBuilds
 from gateway.pipeline.llm import OpenAIClients, create_http_client
 from gateway.pipeline.pipecatcompat import cache_worker_handlers
 from gateway.settings import Settings
@@ -117,13 +117,29 @@ async def _deps_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics=app[metrics_key],
         http_client=http_client,
         openai_clients=OpenAIClients(http_client),
-        builds=PipelineBuilds(concurrency=settings.start_concurrency, max_defer=settings.build_defer_secs),
+        builds=PipelineBuilds(
+            concurrency=settings.start_concurrency,
+            max_defer=settings.build_defer_secs,
+            board=_greeting_board(settings),
+        ),
     )
     if any(tenant.stt is not None for tenant in app[tenants_key]):
         # Load the VAD model now, off the loop, rather than in the first voice caller's connect.
         await asyncio.get_running_loop().run_in_executor(None, deps.voice_models.vad_analyzer)
     yield
+    await deps.builds.close()
     await http_client.aclose()
+
+
+def _greeting_board(settings: Settings) -> GreetingBoard | None:
+    """This worker's slot on its supervisor's board (``serve --workers``); None for one process."""
+    if settings.greeting_board is None or settings.worker_index is None:
+        return None
+    try:
+        return GreetingBoard(settings.greeting_board, settings.worker_index)
+    except (OSError, ValueError):
+        log.warning("builds.no_greeting_board")  # builds then wait for this process's greetings only
+        return None
 
 
 async def _drain(app: web.Application) -> None:

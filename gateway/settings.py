@@ -21,6 +21,11 @@ class Settings(BaseSettings):
         description="gateway processes (serve --workers): each also listens on port + 1 + its index",
     )
     worker_index: int | None = Field(default=None, ge=0, description="set by the supervisor for its workers")
+    greeting_board: Path | None = Field(
+        default=None,
+        description="set by the supervisor for its workers: the file in which each worker posts the "
+        "greetings it owes (gateway.pipeline.builds)",
+    )
     public_url: str | None = Field(
         default=None, description="Base URL clients reach us at (for wsUrl); default: the request's host"
     )

@@ -16,6 +16,9 @@ gateway needs:
 * signals are forwarded: the first SIGTERM/SIGINT starts every worker's drain, a second forces them
   (``gateway.cli.run_server``); SIGHUP reloads tenants. A worker that dies unexpectedly is restarted,
   at most ``MAX_RESTARTS`` times a minute each;
+* the workers share the machine's cores: each posts the greetings it owes on a board (a small shared
+  file), and a greeted text session builds its pipeline once no worker owes one
+  (``gateway.pipeline.builds``);
 * when every worker has exited, PostgreSQL is stopped; the exit code is the first non-zero worker's.
 """
 
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from gateway.logging import get_logger
+from gateway.pipeline.builds import GreetingBoard
 from gateway.settings import Settings
 
 log = get_logger(__name__)
@@ -55,6 +59,8 @@ class Supervisor:
         self._workers = [Worker(i) for i in range(workers)]
         self._argv = argv  # the worker's command line (serve, with the same flags)
         self._signals: deque[int] = deque()
+        # Where each worker posts the greetings it owes: builds wait for the whole machine's.
+        self._board = settings.data_dir / "run" / f"greetings-{os.getpid()}.board"
 
     def _env(self, index: int, database_url: str) -> dict[str, str]:
         env = {
@@ -62,6 +68,7 @@ class Supervisor:
             "GATEWAY_DATABASE_URL": database_url,
             "GATEWAY_WORKERS": str(len(self._workers)),
             "GATEWAY_WORKER_INDEX": str(index),
+            "GATEWAY_GREETING_BOARD": str(self._board),
         }
         if self._settings.session_state == "auto":
             env["GATEWAY_SESSION_STATE"] = "redis" if self._settings.redis_url is not None else "postgres"
@@ -102,6 +109,7 @@ class Supervisor:
             log.info("workers.postgres_started", workers=len(self._workers))
         try:
             prepare_database(url)
+            GreetingBoard.create(self._board, len(self._workers))
             for worker in self._workers:
                 self._spawn(worker, url)
             return self._supervise(url)
@@ -113,6 +121,7 @@ class Supervisor:
             if embedded is not None:
                 embedded.stop()
                 log.info("workers.postgres_stopped")
+            self._board.unlink(missing_ok=True)
 
     def _supervise(self, url: str) -> int:
         stopping = 0

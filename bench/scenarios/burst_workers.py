@@ -29,7 +29,9 @@ postmaster's children times), of the clients and of everything else on the machi
 that exceeded ``OTHER_CPU_LIMIT`` cores is discarded and repeated, within ``RETRY_BUDGET``); the
 kernel's TCP listen-queue overflows and SYN retransmits (``/proc/net/netstat``). Scraped from each
 worker's own ``/metrics``: ``gateway_prestart_total`` (hit rate = claimed / greeted) and the server's
-accept → greeting histogram.
+accept → greeting histogram. After the burst, every greeted caller sends one ``send-text`` at once
+(``first_turn_*``: send → reply; not a target): a text session greets before it builds its pipeline
+(``gateway.pipeline.builds``), so this is what the deferred builds cost the caller who answers first.
 
 Runs alternate ``1, 2, 2 + Redis, 2 per worker, 1, …`` (``REPEATS`` each); every run is a row, then the
 median per variant and the ratio of each two-worker median to the one-worker median. Targets (the
@@ -464,6 +466,9 @@ async def _burst_run(
             )
             net1, gw1, pg1, cl1 = _netstat(), _cpu(pids), _postgres_cpu(postmaster), _cpu([clients.pid])
             busy1 = _machine_busy()
+            # Then every greeted caller types at once: their pipelines (built after the greetings, when
+            # no greeting is owed, or at once for a caller who speaks) and 500 LLM turns on the way.
+            turned = await clients.turns(1, 0.0, timeout)
             count("", (await clients.close())["errors"])
         if not await _wait_idle(gateway, 60.0):
             errors["not_idle_after"] = 1
@@ -510,6 +515,8 @@ async def _burst_run(
         "start_p50_ms": _p(start, 50),
         "start_p99_ms": _p(start, 99),
         "server_greeting_mean_ms": ms(server_greeting),
+        "first_turn_p50_ms": _p(turned["turn_secs"], 50),
+        "first_turn_p99_ms": _p(turned["turn_secs"], 99),
         "sessions_per_s": round(per_s, 1) if not math.isnan(per_s) else None,
         "sessions_per_s_per_core": round(per_s / cores, 1) if not math.isnan(per_s) else None,
         "gateway_cpu_ms_per_session": per_greeted(gw1 - gw0),

@@ -10,14 +10,15 @@ kept in three small tables:
 ``gateway_spent_tokens``    token ID → expires_at
 ``gateway_start_buckets``   tenant → tokens, updated_at
 
-A lease is taken, and a ``/start`` token drawn, by one SQL function call — one round trip, its own
-transaction — that first takes a per-tenant advisory lock, so concurrent processes cannot overshoot;
-times come from the database's clock (``now()``). Spending a token is one ``INSERT … ON CONFLICT DO
-NOTHING``. Expired leases are deleted as they are met, expired tokens by the renewal loop. Under a
-500-connect burst the first version (4-6 round trips per check, each holding the tenant's lock) made
-``/start`` wait seconds; a tenant's checks are still serialised on its lock, so a cluster with many
-replicas and high ``/start`` rates is better served by Redis, whose scripts run without row locks or
-WAL.
+Leases are taken, and ``/start`` tokens drawn, by one SQL function call for a batch of them (the calls
+that arrived while the previous one was in flight, ``gateway.cluster.batching``) — one round trip,
+its own transaction — that first takes a per-tenant advisory lock, so concurrent processes cannot
+overshoot; times come from the database's clock (``now()``). Spending tokens is one ``INSERT … ON
+CONFLICT DO NOTHING`` per batch. Expired leases are deleted as they are met, expired tokens by the
+renewal loop. Under a 500-connect burst the first version (4-6 round trips per check, each holding the
+tenant's lock) made ``/start`` wait seconds; a tenant's checks are still serialised on its lock, so a
+cluster with many replicas and high ``/start`` rates is better served by Redis, whose scripts run
+without row locks or WAL.
 """
 
 from __future__ import annotations
@@ -47,40 +48,56 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS gateway_spent_tokens_expiry ON gateway_spent_tokens (expires_at)",
     """CREATE TABLE IF NOT EXISTS gateway_start_buckets (
         tenant text PRIMARY KEY, tokens double precision NOT NULL, updated_at timestamptz NOT NULL)""",
-    # True if the session now holds a lease: below the limit, or it held one already (taken over).
-    """CREATE OR REPLACE FUNCTION gateway_acquire_lease(
-        p_tenant text, p_sid text, p_holder text, p_ttl float8, p_limit int) RETURNS boolean
+    # For each session, in order: true if it now holds a lease (below the limit, or it held one already:
+    # taken over), false if refused at the limit. One call for a batch of /starts (gateway.cluster.batching).
+    """CREATE OR REPLACE FUNCTION gateway_acquire_leases(
+        p_tenant text, p_sids text[], p_holders text[], p_ttl float8, p_limit int) RETURNS boolean[]
     LANGUAGE plpgsql AS $$
-    DECLARE live int; mine boolean;
+    DECLARE live int; mine boolean; granted boolean[] := '{}';
     BEGIN
         PERFORM pg_advisory_xact_lock(hashtext('gateway_lease:' || p_tenant));
         DELETE FROM gateway_session_leases WHERE tenant = p_tenant AND expires_at <= now();
-        SELECT count(*), coalesce(bool_or(session_id = p_sid), false) INTO live, mine
-            FROM gateway_session_leases WHERE tenant = p_tenant;
-        IF NOT mine AND live >= p_limit THEN
-            RETURN false;
-        END IF;
-        INSERT INTO gateway_session_leases (tenant, session_id, holder, expires_at)
-            VALUES (p_tenant, p_sid, p_holder, now() + make_interval(secs => p_ttl))
-            ON CONFLICT (tenant, session_id)
-            DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at;
-        RETURN true;
+        SELECT count(*) INTO live FROM gateway_session_leases WHERE tenant = p_tenant;
+        FOR i IN 1 .. coalesce(array_length(p_sids, 1), 0) LOOP
+            mine := EXISTS (SELECT 1 FROM gateway_session_leases
+                            WHERE tenant = p_tenant AND session_id = p_sids[i]);
+            IF NOT mine AND live >= p_limit THEN
+                granted := granted || false;
+                CONTINUE;
+            END IF;
+            INSERT INTO gateway_session_leases (tenant, session_id, holder, expires_at)
+                VALUES (p_tenant, p_sids[i], p_holders[i], now() + make_interval(secs => p_ttl))
+                ON CONFLICT (tenant, session_id)
+                DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at;
+            IF NOT mine THEN
+                live := live + 1;
+            END IF;
+            granted := granted || true;
+        END LOOP;
+        RETURN granted;
     END $$""",
-    # Seconds until a token is available: 0 (one was taken) or the wait.
-    """CREATE OR REPLACE FUNCTION gateway_take_start(p_tenant text, p_rate float8, p_burst float8)
-        RETURNS float8
+    # For each of p_n /starts, in order: 0 (a token was taken) or the seconds to wait.
+    """CREATE OR REPLACE FUNCTION gateway_take_starts(
+        p_tenant text, p_rate float8, p_burst float8, p_n int) RETURNS float8[]
     LANGUAGE plpgsql AS $$
-    DECLARE tokens float8; idle float8;
+    DECLARE tokens float8; idle float8; waits float8[] := '{}';
     BEGIN
         PERFORM pg_advisory_xact_lock(hashtext('gateway_start:' || p_tenant));
         SELECT b.tokens, extract(epoch FROM now() - b.updated_at)::float8 INTO tokens, idle
             FROM gateway_start_buckets b WHERE b.tenant = p_tenant;
         tokens := CASE WHEN tokens IS NULL THEN p_burst
                        ELSE least(p_burst, tokens + greatest(0, idle) * p_rate) END;
-        INSERT INTO gateway_start_buckets AS b VALUES (p_tenant, CASE WHEN tokens >= 1 THEN tokens - 1
-                                                                      ELSE tokens END, now())
+        FOR i IN 1 .. p_n LOOP
+            IF tokens >= 1 THEN
+                tokens := tokens - 1;
+                waits := waits || 0::float8;
+            ELSE
+                waits := waits || ((1 - tokens) / p_rate);
+            END IF;
+        END LOOP;
+        INSERT INTO gateway_start_buckets AS b VALUES (p_tenant, tokens, now())
             ON CONFLICT (tenant) DO UPDATE SET tokens = EXCLUDED.tokens, updated_at = now();
-        RETURN CASE WHEN tokens >= 1 THEN 0 ELSE (1 - tokens) / p_rate END;
+        RETURN waits;
     END $$""",
 )
 
@@ -98,6 +115,7 @@ class PostgresRegistry(SessionRegistry):
     """Leases, spent tokens and ``/start`` buckets in PostgreSQL, shared by every process using it."""
 
     backend = "postgres"
+    coalesce = True
     STATE_CONCURRENCY = 8  # connections to PostgreSQL per process; a tenant's calls queue on its lock
 
     def __init__(
@@ -175,13 +193,19 @@ class PostgresRegistry(SessionRegistry):
         if self._pool is not None:
             await self._pool.close()
 
-    async def _acquire(self, tenant: TenantConfig, lease: Lease) -> bool:
+    async def _acquire_all(self, tenant: TenantConfig, leases: list[Lease]) -> list[bool]:
         held = await self._one(
             "acquire",
-            "SELECT gateway_acquire_lease(%s, %s, %s, %s, %s)",
-            (tenant.name, lease.session_id, lease.holder, self.lease_ttl_secs, tenant.max_sessions),
+            "SELECT gateway_acquire_leases(%s, %s, %s, %s, %s)",
+            (
+                tenant.name,
+                [lease.session_id for lease in leases],
+                [lease.holder for lease in leases],
+                self.lease_ttl_secs,
+                tenant.max_sessions,
+            ),
         )
-        return bool(held)
+        return [bool(h) for h in held]
 
     async def _release(self, lease: Lease) -> None:
         await self._rows(
@@ -190,28 +214,32 @@ class PostgresRegistry(SessionRegistry):
             (lease.tenant, lease.session_id, lease.holder),
         )
 
-    async def _spend(self, claims: SessionClaims) -> bool:
-        fresh = await self._one(
+    async def _spend_all(self, claims: list[SessionClaims]) -> list[bool]:
+        spent = await self._rows(
             "spend_token",
-            "INSERT INTO gateway_spent_tokens VALUES (%s, to_timestamp(%s))"
-            " ON CONFLICT DO NOTHING RETURNING 1",
-            (claims.session_id, claims.expires_at),
+            "INSERT INTO gateway_spent_tokens"
+            " SELECT jti, to_timestamp(exp) FROM unnest(%s::text[], %s::float8[]) AS u(jti, exp)"
+            " ON CONFLICT DO NOTHING RETURNING jti",
+            ([c.session_id for c in claims], [float(c.expires_at) for c in claims]),
         )
-        return fresh is not None
+        inserted = {jti for (jti,) in spent}
+        fresh = []
+        for claim in claims:
+            fresh.append(claim.session_id in inserted)
+            inserted.discard(claim.session_id)  # the same token twice in one batch: fresh once
+        return fresh
 
-    async def _take_start(self, tenant: TenantConfig) -> int:
+    async def _take_starts(self, tenant: TenantConfig, count: int) -> list[int]:
         rate = tenant.start_rate
         try:
-            wait = float(
-                await self._one(
-                    "start_rate",
-                    "SELECT gateway_take_start(%s, %s, %s)",
-                    (tenant.name, float(rate.per_second), float(rate.burst)),
-                )
+            waits = await self._one(
+                "start_rate",
+                "SELECT gateway_take_starts(%s, %s, %s, %s)",
+                (tenant.name, float(rate.per_second), float(rate.burst), count),
             )
-        except ClusterUnavailable:
-            return self._fallback.acquire(tenant.name, rate)  # fails open, to this process's bucket
-        return 0 if wait <= 0 else max(1, math.ceil(wait))
+        except ClusterUnavailable:  # fails open, to this process's bucket
+            return [self._fallback.acquire(tenant.name, rate) for _ in range(count)]
+        return [0 if wait <= 0 else max(1, math.ceil(wait)) for wait in waits]
 
     async def renew(self) -> int:
         # Spent tokens are kept until they expire; sweep them here, not in every spend.

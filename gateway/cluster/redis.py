@@ -9,7 +9,9 @@ so one tenant's keys share a slot and its scripts may touch them together):
 ``<p>:jti:<token ID>``      a spent token, expiring when the token does
 
 Every check-and-update is one Lua script, so concurrent replicas cannot overshoot; scripts read the time
-from Redis (``TIME``), so replicas' clocks don't matter. A live replica renews its leases every third of
+from Redis (``TIME``), so replicas' clocks don't matter. A script (or, for spent tokens, a pipeline)
+takes the calls of a tenant that arrived while its previous one was in flight, in order, in one round
+trip (``gateway.cluster.batching``). A live replica renews its leases every third of
 ``GATEWAY_LEASE_TTL_SECS`` (default 15 s); a replica that dies stops renewing and its leases expire
 within the TTL, giving the tenant its capacity back.
 
@@ -56,7 +58,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: leases, holders. ARGV: session ID, holder, limit, ttl ms. Returns 1 if held now, else 0.
+# KEYS: leases, holders. ARGV: limit, ttl ms, then (session ID, holder) pairs. For each, in order: 1 if
+# it holds a lease now (below the limit, or it held one: taken over), 0 if refused at the limit.
 ACQUIRE = (
     _NOW_MS
     + """
@@ -65,15 +68,20 @@ if #expired > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
   for i = 1, #expired do redis.call('HDEL', KEYS[2], expired[i]) end
 end
-local ttl = tonumber(ARGV[4])
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
-  return 0
+local limit, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {}
+for i = 3, #ARGV, 2 do
+  if not redis.call('ZSCORE', KEYS[1], ARGV[i]) and redis.call('ZCARD', KEYS[1]) >= limit then
+    out[#out + 1] = 0
+  else
+    redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+    out[#out + 1] = 1
+  end
 end
-redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
-return 1
+return out
 """
 )
 
@@ -110,7 +118,8 @@ return out
 """
 )
 
-# KEYS: bucket. ARGV: per second, burst. Returns the seconds to wait (as a string), "0" if granted.
+# KEYS: bucket. ARGV: per second, burst, count. For each of count /starts, in order, the seconds to wait
+# (as a string): "0" if granted.
 TAKE_START = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -119,11 +128,13 @@ local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens'))
 local ts = tonumber(redis.call('HGET', KEYS[1], 'ts'))
 if tokens == nil or ts == nil then tokens, ts = burst, now end
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+local out = {}
+for i = 1, tonumber(ARGV[3]) do
+  if tokens >= 1 then tokens = tokens - 1; out[i] = "0" else out[i] = tostring((1 - tokens) / rate) end
+end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return tostring(wait)
+return out
 """
 
 
@@ -131,6 +142,7 @@ class RedisRegistry(SessionRegistry):
     """Leases, spent tokens and ``/start`` buckets in Redis; sessions themselves stay in this process."""
 
     backend = "redis"
+    coalesce = True
 
     def __init__(
         self,
@@ -179,36 +191,43 @@ class RedisRegistry(SessionRegistry):
         self._track(operation, None)
         return result
 
-    async def _acquire(self, tenant: TenantConfig, lease: Lease) -> bool:
+    async def _acquire_all(self, tenant: TenantConfig, leases: list[Lease]) -> list[bool]:
         keys = [self._key(tenant.name, "leases"), self._key(tenant.name, "holders")]
-        args: list[str | int] = [lease.session_id, lease.holder, tenant.max_sessions, self._ttl_ms]
-        return int(await self._call("acquire", self._acquire_script(keys=keys, args=args))) == 1
+        args: list[str | int] = [tenant.max_sessions, self._ttl_ms]
+        for lease in leases:
+            args += [lease.session_id, lease.holder]
+        held = await self._call("acquire", self._acquire_script(keys=keys, args=args))
+        return [int(h) == 1 for h in held]
 
     async def _release(self, lease: Lease) -> None:
         keys = [self._key(lease.tenant, "leases"), self._key(lease.tenant, "holders")]
         await self._call("release", self._release_script(keys=keys, args=[lease.session_id, lease.holder]))
 
-    async def _spend(self, claims: SessionClaims) -> bool:
-        key = f"{self._prefix}:jti:{claims.session_id}"
-        # The key lives as long as the token; a later presentation finds it.
-        expires_ms = max(int(claims.expires_at * 1000), 1)
-        fresh = await self._call("spend_token", self._redis.set(key, "1", nx=True, pxat=expires_ms))
-        return bool(fresh)
+    async def _spend_all(self, claims: list[SessionClaims]) -> list[bool]:
+        # One round trip for the batch (a pipeline, not a transaction: each SET NX stands alone). The
+        # key lives as long as the token; a later presentation finds it.
+        pipe = self._redis.pipeline(transaction=False)
+        for claim in claims:
+            pipe.set(
+                f"{self._prefix}:jti:{claim.session_id}",
+                "1",
+                nx=True,
+                pxat=max(int(claim.expires_at * 1000), 1),
+            )
+        return [bool(fresh) for fresh in await self._call("spend_token", pipe.execute())]
 
-    async def _take_start(self, tenant: TenantConfig) -> int:
+    async def _take_starts(self, tenant: TenantConfig, count: int) -> list[int]:
         rate = tenant.start_rate
         try:
-            wait = float(
-                await self._call(
-                    "start_rate",
-                    self._start_script(
-                        keys=[self._key(tenant.name, "start")], args=[rate.per_second, rate.burst]
-                    ),
-                )
+            waits = await self._call(
+                "start_rate",
+                self._start_script(
+                    keys=[self._key(tenant.name, "start")], args=[rate.per_second, rate.burst, count]
+                ),
             )
-        except ClusterUnavailable:
-            return self._fallback.acquire(tenant.name, rate)  # fails open, to this replica's bucket
-        return 0 if wait <= 0 else max(1, math.ceil(wait))
+        except ClusterUnavailable:  # fails open, to this replica's bucket
+            return [self._fallback.acquire(tenant.name, rate) for _ in range(count)]
+        return [0 if float(w) <= 0 else max(1, math.ceil(float(w))) for w in waits]
 
     async def renew(self) -> int:
         """Renew every lease this replica holds (one script per tenant); returns how many it renewed.

@@ -2,8 +2,9 @@
 
 Routes call a ``SessionRegistry``; nothing else takes or frees a tenant's slot. What must hold across
 replicas — a tenant's concurrent sessions, single use of a token, the ``/start`` rate — goes through
-four primitives that each implementation provides (``_acquire``, ``_release``, ``_spend`` and
-``_take_start``): ``InProcessRegistry`` keeps them in this process (the embedded default, one
+four primitives that each implementation provides (``_acquire_all``, ``_release``, ``_spend_all`` and
+``_take_starts``, each but ``_release`` for a batch: concurrent calls share round trips,
+``gateway.cluster.batching``): ``InProcessRegistry`` keeps them in this process (the embedded default, one
 replica), ``gateway.cluster.redis.RedisRegistry`` in Redis, shared by every replica. What only this
 process can hold — sessions started at ``/start`` waiting for their socket, greeting prefetches, the
 tasks that run sessions — lives here in both cases.
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway import closecodes
+from gateway.cluster.batching import Coalescer
 from gateway.limits import RateLimiter
 from gateway.logging import get_logger
 from gateway.metrics import GatewayMetrics
@@ -96,27 +98,40 @@ class SessionRegistry(abc.ABC):
         self._prefetch_ttl = prefetch_ttl_secs
         self._local = _Local()
         self._draining = False
+        self._acquirer: Coalescer[str, tuple[TenantConfig, Lease], bool] = Coalescer(
+            lambda _, items: self._acquire_all(items[-1][0], [lease for _, lease in items])
+        )
+        self._spender: Coalescer[None, SessionClaims, bool] = Coalescer(
+            lambda _, claims: self._spend_all(claims)
+        )
+        self._starter: Coalescer[str, TenantConfig, int] = Coalescer(
+            lambda _, tenants: self._take_starts(tenants[-1], len(tenants))
+        )
         # Each replica's own name: part of every lease holder, so a log line or a Redis key says who.
         self.replica_id = uuid.uuid4().hex[:12]
 
     # -- what an implementation provides ------------------------------------------------------------
 
     @abc.abstractmethod
-    async def _acquire(self, tenant: TenantConfig, lease: Lease) -> bool:
-        """Take ``lease`` if the tenant is below its limit or the session ID already holds one (then
-        the lease is taken over); False when at the limit."""
+    async def _acquire_all(self, tenant: TenantConfig, leases: list[Lease]) -> list[bool]:
+        """Take each lease, in order, if the tenant is below its limit or the session ID already
+        holds one (then the lease is taken over); False for each refused at the limit."""
 
     @abc.abstractmethod
     async def _release(self, lease: Lease) -> None:
         """Free the lease if ``lease.holder`` still holds it."""
 
     @abc.abstractmethod
-    async def _spend(self, claims: SessionClaims) -> bool:
-        """Mark the token's ID used until it expires; False if it was used already."""
+    async def _spend_all(self, claims: list[SessionClaims]) -> list[bool]:
+        """Mark each token's ID used until it expires; False for each used already (a token twice in
+        one batch is fresh only the first time)."""
 
     @abc.abstractmethod
-    async def _take_start(self, tenant: TenantConfig) -> int:
-        """One ``/start`` from the tenant's bucket: 0, or the ``Retry-After`` seconds."""
+    async def _take_starts(self, tenant: TenantConfig, count: int) -> list[int]:
+        """``count`` ``/start``s from the tenant's bucket, in order: 0, or the ``Retry-After`` seconds."""
+
+    # Whether calls go through a ``Coalescer`` (shared state: one round trip for many callers).
+    coalesce = False
 
     async def start(self) -> None:  # noqa: B027 (optional hook)
         """Connect to shared state, start background work (lease renewal)."""
@@ -203,7 +218,12 @@ class SessionRegistry(abc.ABC):
         Raises ``ClusterUnavailable`` when the limit cannot be checked.
         """
         lease = Lease(tenant.name, session_id, f"{self.replica_id}:{uuid.uuid4().hex[:8]}")
-        if not await self._acquire(tenant, lease):
+        held = (
+            await self._acquirer(tenant.name, (tenant, lease))
+            if self.coalesce
+            else (await self._acquire_all(tenant, [lease]))[0]
+        )
+        if not held:
             return None
         self._local.leases.setdefault(tenant.name, {})[session_id] = lease
         return lease
@@ -250,11 +270,15 @@ class SessionRegistry(abc.ABC):
 
         Raises ``ClusterUnavailable`` when that cannot be known (fails closed).
         """
-        return await self._spend(claims)
+        if self.coalesce:
+            return await self._spender(None, claims)
+        return (await self._spend_all([claims]))[0]
 
     async def allow_start(self, tenant: TenantConfig) -> int:
         """``/start`` rate: 0 when the request may proceed, else its ``Retry-After`` in seconds."""
-        return await self._take_start(tenant)
+        if self.coalesce:
+            return await self._starter(tenant.name, tenant)
+        return (await self._take_starts(tenant, 1))[0]
 
     # -- sessions of this process -------------------------------------------------------------------
 
@@ -389,26 +413,31 @@ class InProcessRegistry(SessionRegistry):
         self._used: dict[str, float] = {}  # token ID -> its expiry (wall clock)
         self._limiter = RateLimiter(clock=self._clock)
 
-    async def _acquire(self, tenant: TenantConfig, lease: Lease) -> bool:
+    async def _acquire_all(self, tenant: TenantConfig, leases: list[Lease]) -> list[bool]:
         holders = self._holders.setdefault(tenant.name, {})
-        if lease.session_id not in holders and len(holders) >= tenant.max_sessions:
-            return False
-        holders[lease.session_id] = lease.holder
-        return True
+        held = []
+        for lease in leases:
+            if lease.session_id not in holders and len(holders) >= tenant.max_sessions:
+                held.append(False)
+                continue
+            holders[lease.session_id] = lease.holder
+            held.append(True)
+        return held
 
     async def _release(self, lease: Lease) -> None:
         holders = self._holders.get(lease.tenant, {})
         if holders.get(lease.session_id) == lease.holder:
             del holders[lease.session_id]
 
-    async def _spend(self, claims: SessionClaims) -> bool:
+    async def _spend_all(self, claims: list[SessionClaims]) -> list[bool]:
         now = time.time()
         if len(self._used) > 1024:
             self._used = {k: exp for k, exp in self._used.items() if exp > now}
-        if claims.session_id in self._used:
-            return False
-        self._used[claims.session_id] = claims.expires_at
-        return True
+        fresh = []
+        for claim in claims:
+            fresh.append(claim.session_id not in self._used)
+            self._used.setdefault(claim.session_id, claim.expires_at)
+        return fresh
 
-    async def _take_start(self, tenant: TenantConfig) -> int:
-        return self._limiter.acquire(tenant.name, tenant.start_rate)
+    async def _take_starts(self, tenant: TenantConfig, count: int) -> list[int]:
+        return [self._limiter.acquire(tenant.name, tenant.start_rate) for _ in range(count)]

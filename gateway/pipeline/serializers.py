@@ -31,6 +31,11 @@ from pipecat.serializers.base_serializer import FrameSerializer
 from pipecat.serializers.protobuf import ProtobufFrameSerializer
 
 SERIALIZERS = ("protobuf", "rtvi")
+# The frames a protobuf client is sent: the kinds ``@pipecat-ai/websocket-transport`` 1.7.x decodes
+# (``audio`` and ``message``; its deserializer throws "Unknown frame kind" for any other, and the browser
+# console shows it). Pipecat 1.14 also writes an ``interruption`` on every user turn; clients learn of
+# interruptions from RTVI messages instead. Its end and cancel frames have no wire form at all.
+CLIENT_FRAMES = (OutputAudioRawFrame, OutputTransportMessageFrame, OutputTransportMessageUrgentFrame)
 MAX_DEPTH = 32
 SAMPLE_RATES = range(8000, 48001)
 CHANNELS = (1, 2)
@@ -155,7 +160,8 @@ class RTVIJsonSerializer(FrameSerializer):
 
 
 class StrictProtobufSerializer(ProtobufFrameSerializer):
-    """Pipecat's protobuf serializer, reporting garbage instead of raising DecodeError or logging."""
+    """Pipecat's protobuf serializer, reporting garbage instead of raising DecodeError or logging, and
+    writing only the frame kinds browser clients decode (``CLIENT_FRAMES``)."""
 
     async def deserialize(self, data: str | bytes) -> Frame | None:
         if not isinstance(data, (bytes, bytearray)):
@@ -174,6 +180,8 @@ class StrictProtobufSerializer(ProtobufFrameSerializer):
         return frame
 
     async def serialize(self, frame: Frame) -> str | bytes | None:
+        if not isinstance(frame, CLIENT_FRAMES):
+            return None
         if isinstance(frame, (OutputTransportMessageFrame, OutputTransportMessageUrgentFrame)) and isinstance(
             frame.message, dict
         ):

@@ -63,6 +63,19 @@ def _check_value(value: Any, depth: int = 0) -> None:
             _check_value(item, depth + 1)
 
 
+def decode_json(data: str | bytes) -> Any:
+    """A client's JSON document, or ``UndecodableFrame``: whatever the decoder fails with is the client's.
+
+    Not only ``JSONDecodeError``: bytes in no Unicode encoding raise ``UnicodeDecodeError``, an integer
+    with more digits than ``sys.get_int_max_str_digits()`` (4,300) a plain ``ValueError``, and nesting
+    deeper than the interpreter recurses ``RecursionError``. Each once closed the session with 1011.
+    """
+    try:
+        return json.loads(data)
+    except (ValueError, TypeError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError included
+        raise UndecodableFrame("not JSON") from e
+
+
 def _audio_format(data: dict[str, Any]) -> tuple[int, int]:
     rate, channels = data.get("sampleRate", 16000), data.get("numChannels", 1)
     if type(rate) is not int or rate not in SAMPLE_RATES:
@@ -142,10 +155,7 @@ class RTVIJsonSerializer(FrameSerializer):
         return None
 
     async def deserialize(self, data: str | bytes) -> Frame | None:
-        try:
-            message = check_message(json.loads(data))
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, RecursionError) as e:
-            raise UndecodableFrame("not JSON") from e
+        message = check_message(decode_json(data))
         if message["type"] == "raw-audio":
             payload = message["data"]
             rate, channels = _audio_format(payload)

@@ -17,6 +17,7 @@ let leaving = false; // the user pressed Disconnect
 let reconnecting = false;
 let lastCloseCode = null;
 let botLine = null;
+let attemptFailed = null; // ends the connect() in flight when its socket closes before bot-ready
 
 // The default DailyMediaManager loads a script from a CDN and hangs offline; WavMediaManager needs none.
 const client = new PipecatClient({
@@ -34,6 +35,9 @@ const client = new PipecatClient({
       scrollDown();
     },
     onBotLlmStopped: () => {
+      if (botLine) {
+        botLine.dataset.complete = "true";
+      }
       botLine = null;
       refreshMemories();
     },
@@ -47,7 +51,11 @@ const client = new PipecatClient({
       }
     },
     onDisconnected: () => {
-      dropped();
+      if (attemptFailed) {
+        attemptFailed();
+      } else {
+        dropped();
+      }
     },
   },
 });
@@ -86,12 +94,18 @@ function scrollDown() {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-function withTimeout(promise, ms) {
+// client.connect() resolves on bot-ready; if the socket closes first (a refused token, say), it does
+// not settle by itself. This settles on bot-ready, on that close, or after CONNECT_TIMEOUT_MS.
+function join() {
   let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error("timed out")), ms);
+  return new Promise((resolve, reject) => {
+    attemptFailed = () => reject(new Error(`closed (${lastCloseCode ?? "no code"})`));
+    timer = setTimeout(() => reject(new Error("timed out")), CONNECT_TIMEOUT_MS);
+    client.connect(session).then(resolve, reject);
+  }).finally(() => {
+    attemptFailed = null;
+    clearTimeout(timer);
   });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 async function errorOf(response) {
@@ -128,13 +142,12 @@ async function connect() {
   const { wsUrl, token } = await response.json();
   session = { wsUrl, token };
   try {
-    await withTimeout(client.connect(session), CONNECT_TIMEOUT_MS);
-  } catch {
-    if (!reconnecting && client.state !== "ready") {
-      session = null;
-      showError("Could not connect.");
-      setStatus("disconnected", "disconnected");
-    }
+    await join();
+  } catch (error) {
+    session = null;
+    showError(`Could not connect: ${error.message}.`);
+    setStatus("disconnected", "disconnected");
+    await client.disconnect();
   }
 }
 
@@ -161,7 +174,7 @@ async function dropped() {
         break;
       }
       try {
-        await withTimeout(client.connect(session), CONNECT_TIMEOUT_MS);
+        await join();
         return;
       } catch {
         if (DELIBERATE_CLOSES.has(lastCloseCode)) {
@@ -170,6 +183,7 @@ async function dropped() {
       }
     }
     session = null;
+    await client.disconnect();
     showError("The connection was lost. Connect again to start a new conversation.");
     setStatus("disconnected", "disconnected");
   } finally {

@@ -120,7 +120,7 @@ class Watched:
 
 @pytest.fixture
 async def watched(chromium: Browser, request: pytest.FixtureRequest) -> AsyncIterator[Watched]:
-    context = await chromium.new_context(viewport={"width": 1280, "height": 800})
+    context = await chromium.new_context(viewport={"width": 1200, "height": 560})
     context.set_default_timeout(TIMEOUT_MS)
     page = await context.new_page()
     seen = Watched(page, ARTIFACTS / re.sub(r"\W+", "_", request.node.name))

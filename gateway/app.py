@@ -32,6 +32,7 @@ from gateway.pipeline.pipecatcompat import cache_worker_handlers
 from gateway.settings import Settings
 from gateway.tenants import TenantFileError, TenantRegistry
 from gateway.tokens import SessionTokens, load_or_create_secret
+from gateway.web import setup_web
 from memory.backends import MemoryBackends
 
 log = get_logger(__name__)
@@ -88,6 +89,7 @@ def create_app(
     app[metrics_key].publish_tenants(_limits(app[tenants_key]))
     app.on_shutdown.append(_drain)
     routes.setup(app)
+    setup_web(app)
     return app
 
 

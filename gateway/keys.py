@@ -5,6 +5,7 @@ A module of its own so that routes and the app factory both import it, not each 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -29,3 +30,7 @@ registry_key = web.AppKey("registry", SessionRegistry)
 deps_key = web.AppKey("deps", SessionDeps)
 metrics_runner_key = web.AppKey("metrics_runner", web.AppRunner)
 reloader_key: web.AppKey[TenantReloader] = web.AppKey("reloader")
+# Demo mode's answer to a POST /start without a key (gateway.web.demo); absent otherwise.
+keyless_start_key: web.AppKey[Callable[[web.Request], Awaitable[web.StreamResponse]]] = web.AppKey(
+    "keyless_start"
+)

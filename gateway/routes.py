@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -24,6 +24,7 @@ from gateway.cluster import ClusterUnavailable, Lease
 from gateway.keys import (
     backends_key,
     deps_key,
+    keyless_start_key,
     metrics_key,
     registry_key,
     settings_key,
@@ -56,7 +57,7 @@ def _route(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def _reject(
+def reject(
     request: web.Request,
     tenant: str | None,
     reason: str,
@@ -71,7 +72,7 @@ def _reject(
 
 
 def _memory_unavailable(request: web.Request, tenant: str) -> web.Response:
-    return _reject(
+    return reject(
         request, tenant, "memory_unavailable", 503, "memory backend unavailable", {"Retry-After": "5"}
     )
 
@@ -124,21 +125,21 @@ def _authenticate(request: web.Request) -> TenantConfig | web.Response:
     """The active tenant whose API key the request bears, or the refusal to send."""
     tenant = request.app[tenants_key].authenticate(_bearer(request))
     if tenant is None:
-        return _reject(request, None, "unauthorized", 401, "missing or unknown API key")
+        return reject(request, None, "unauthorized", 401, "missing or unknown API key")
     structlog.contextvars.bind_contextvars(tenant=tenant.name)
     if not tenant.active:
-        return _reject(request, tenant.name, "tenant_disabled", 403, "tenant is disabled")
+        return reject(request, tenant.name, "tenant_disabled", 403, "tenant is disabled")
     return tenant
 
 
 def _cluster_unavailable(request: web.Request, tenant: str) -> web.Response:
-    return _reject(
+    return reject(
         request, tenant, "cluster_unavailable", 503, "session state unavailable", {"Retry-After": "5"}
     )
 
 
 def _at_limit(request: web.Request, tenant: str) -> web.Response:
-    return _reject(
+    return reject(
         request,
         tenant,
         "session_limit",
@@ -148,24 +149,40 @@ def _at_limit(request: web.Request, tenant: str) -> web.Response:
     )
 
 
-async def start(request: web.Request) -> web.Response:
-    app = request.app
-    registry = app[registry_key]
-    if registry.draining:
-        return _reject(
-            request,
-            None,
-            "draining",
-            503,
-            "server is draining; retry on another replica",
-            {"Retry-After": "1"},
-        )
+def draining(request: web.Request) -> web.Response | None:
+    """The refusal of a new session while this replica drains, if it does."""
+    if not request.app[registry_key].draining:
+        return None
+    return reject(
+        request, None, "draining", 503, "server is draining; retry on another replica", {"Retry-After": "1"}
+    )
+
+
+async def start(request: web.Request) -> web.StreamResponse:
+    """``POST /start`` with the tenant's API key. In demo mode, one without an ``Authorization`` header is
+    the demo's start (``gateway.web.demo``): Pipecat's prebuilt UI posts ``/start`` with no key."""
+    refusal = draining(request)
+    if refusal is not None:
+        return refusal
+    keyless = request.app.get(keyless_start_key)
+    if keyless is not None and "Authorization" not in request.headers:
+        return await keyless(request)
     tenant = _authenticate(request)
     if isinstance(tenant, web.Response):
         return tenant
+    return await start_session(request, tenant, request.json)
+
+
+async def start_session(
+    request: web.Request, tenant: TenantConfig, read_payload: Callable[[], Awaitable[Any]]
+) -> web.Response:
+    """What ``/start`` does for a tenant once it is known: the rate, the body (``read_payload``, in the
+    ``/start`` shape), the token, the slot and the prestart. The demo's start takes this path too."""
+    app = request.app
+    registry = app[registry_key]
     retry_after = await registry.allow_start(tenant)
     if retry_after:
-        return _reject(
+        return reject(
             request,
             tenant.name,
             "rate_limited",
@@ -174,7 +191,10 @@ async def start(request: web.Request) -> web.Response:
             {"Retry-After": str(retry_after)},
         )
     try:
-        payload = await request.json()
+        try:
+            payload = await read_payload()
+        except (ValueError, RecursionError) as e:  # not JSON, or JSON Python cannot take in (4,300+ digits)
+            raise ValueError("body is not valid JSON") from e
         if not isinstance(payload, dict):
             raise ValueError("body must be a JSON object")
         transport = payload.get("transport", "websocket")
@@ -188,8 +208,7 @@ async def start(request: web.Request) -> web.Response:
         if serializer is not None and serializer not in SERIALIZERS:
             raise ValueError(f"serializer must be one of {', '.join(SERIALIZERS)}")
     except ValueError as e:
-        message = "body is not valid JSON" if isinstance(e, json.JSONDecodeError) else str(e)
-        return _reject(request, tenant.name, "bad_request", 400, message)
+        return reject(request, tenant.name, "bad_request", 400, str(e))
     try:
         backend = await app[backends_key].for_tenant(tenant.name, tenant.memory)
     except Exception:
@@ -313,7 +332,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     token = request.match_info.get("token") or request.query.get("token", "")
     requested = request.query.get("serializer")
     if requested is not None and requested not in SERIALIZERS:
-        return _reject(
+        return reject(
             request, None, "bad_request", 400, f"serializer must be one of {', '.join(SERIALIZERS)}"
         )
 
@@ -401,7 +420,6 @@ async def memories(request: web.Request) -> web.Response:
     The tenant comes from the API key alone and every ID is namespaced under it, so asking about a
     user of another tenant finds nothing — it cannot even tell whether that user exists there.
     """
-    app = request.app
     tenant = _authenticate(request)
     if isinstance(tenant, web.Response):
         return tenant
@@ -415,16 +433,25 @@ async def memories(request: web.Request) -> web.Response:
             raise ValueError("limit must be 1-1000")
     except ValueError as e:
         message = "limit must be 1-1000" if "invalid literal" in str(e) else str(e)
-        return _reject(request, tenant.name, "bad_request", 400, message)
+        return reject(request, tenant.name, "bad_request", 400, message)
     scope = MemoryScope(tenant.name, ids["user_id"], ids["agent_id"])
+    answer = await data_subject(request, tenant, scope, limit)
+    if isinstance(answer, web.Response):
+        return answer
+    return web.json_response({"user_id": ids["user_id"], "agent_id": ids["agent_id"], **answer})
+
+
+async def data_subject(
+    request: web.Request, tenant: TenantConfig, scope: MemoryScope, limit: int
+) -> dict[str, Any] | web.Response:
+    """``GET``: the newest ``limit`` memories of ``scope`` (``count``, ``results``); ``DELETE``: erase them
+    everywhere (``deleted``). Or the refusal. ``/v1/memories`` and the demo's memory routes both go here."""
     try:
-        backend = await app[backends_key].for_tenant(tenant.name, tenant.memory)
+        backend = await request.app[backends_key].for_tenant(tenant.name, tenant.memory)
         if request.method == "DELETE":
             deleted = await backend.forget(scope)
             log.info("memories.forgotten", count=deleted)
-            return web.json_response(
-                {"user_id": ids["user_id"], "agent_id": ids["agent_id"], "deleted": deleted}
-            )
+            return {"deleted": deleted}
         found = await backend.recent(scope, limit)
     except Exception:
         log.exception("memories.failed", method=request.method)
@@ -441,9 +468,7 @@ async def memories(request: web.Request) -> web.Response:
         }
         for m in found
     ]
-    return web.json_response(
-        {"user_id": ids["user_id"], "agent_id": ids["agent_id"], "count": len(results), "results": results}
-    )
+    return {"count": len(results), "results": results}
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -484,7 +509,7 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
             raise  # the socket may be open already; the WebSocket handler closes with 1011 itself
         log.exception("http.internal_error", route=_route(request))
         tenant = structlog.contextvars.get_contextvars().get("tenant")
-        return _reject(request, tenant, "internal_error", 500, "internal error")
+        return reject(request, tenant, "internal_error", 500, "internal error")
     finally:
         structlog.contextvars.clear_contextvars()
 

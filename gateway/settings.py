@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -138,6 +139,31 @@ class Settings(BaseSettings):
         description="a connection must finish its HTTP request / WebSocket upgrade in this",
     )
 
+    demo: bool | None = Field(
+        default=None,
+        description="demo mode (gateway.web): the demo page at /demo/, Pipecat's prebuilt UI at /client/ "
+        "and a start without a key for demo_tenant, each browser a user of its own by cookie; unset = on "
+        "only on the embedded defaults (no GATEWAY_DATABASE_URL, no tenants file given) on a loopback host",
+    )
+    demo_tenant: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]{0,47}$")
+
     @property
     def resolved_tenants_file(self) -> Path:
         return self.tenants_file or self.data_dir / "tenants.yaml"
+
+    @property
+    def demo_enabled(self) -> bool:
+        """``GATEWAY_DEMO`` if set; else on for the first-run laptop set-up only: the tenants file ``serve``
+        creates with its ``default`` tenant, the embedded PostgreSQL, and nobody else on the network."""
+        if self.demo is not None:
+            return self.demo
+        return self.database_url is None and self.tenants_file is None and _loopback(self.host)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

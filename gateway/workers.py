@@ -69,6 +69,8 @@ class Supervisor:
             "GATEWAY_WORKERS": str(len(self._workers)),
             "GATEWAY_WORKER_INDEX": str(index),
             "GATEWAY_GREETING_BOARD": str(self._board),
+            # Decided here: workers see the embedded database as an external one.
+            "GATEWAY_DEMO": "true" if self._settings.demo_enabled else "false",
         }
         if self._settings.session_state == "auto":
             env["GATEWAY_SESSION_STATE"] = "redis" if self._settings.redis_url is not None else "postgres"

@@ -1,5 +1,6 @@
-"""A TCP proxy in front of PostgreSQL that a test can slow down or cut — real network faults,
-so the gateway's real psycopg pool, mem0 calls, deadlines and retries are what get exercised."""
+"""TCP proxies that a test can slow down or cut — real network faults: in front of PostgreSQL, so the
+gateway's real psycopg pool, mem0 calls, deadlines and retries are what get exercised, and in front of
+the gateway, so a browser's socket drops as it does when a network blinks."""
 
 from __future__ import annotations
 
@@ -62,6 +63,54 @@ class PostgresProxy:
                         await asyncio.sleep(self.delay_secs)
                     if self.down:
                         break
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers.difference_update({writer, up_writer})
+
+
+@dataclass
+class TcpProxy:
+    """Loopback TCP in front of ``host:port``; ``drop()`` resets every open connection once, as a network
+    that blinks does (no close frame, no FIN: the peer sees a reset), and goes on accepting new ones."""
+
+    host: str
+    port: int
+    _server: asyncio.Server | None = None
+    _writers: set[asyncio.StreamWriter] = field(default_factory=set)
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+
+    async def close(self) -> None:
+        self.drop()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def drop(self) -> None:
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 5)
+        except (OSError, TimeoutError):
+            writer.transport.abort()
+            return
+        self._writers.update({writer, up_writer})
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
                     dst.write(data)
                     await dst.drain()
             dst.close()

@@ -25,6 +25,26 @@ async def test_start_with_malformed_json_is_400(gateway: RunningGateway) -> None
     assert (await resp.json()) == {"error": "body is not valid JSON"}
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"transport": "websocket", "body": {"user_id": "u1", "n": ' + b"1" * 5000 + b"}}",
+        b"[" * 20_000 + b"]" * 20_000,
+    ],
+    ids=["number-5000-digits", "nested-20000"],
+)
+async def test_start_with_json_python_cannot_decode_is_400_not_500(
+    gateway: RunningGateway, body: bytes
+) -> None:
+    """Valid JSON that Python's decoder still refuses (an integer over 4,300 digits: a plain ValueError;
+    nesting deeper than it recurses: RecursionError) is a bad body, answered without Python's text."""
+    headers = {"Authorization": f"Bearer {gateway.keys[gateway.tenant]}", "Content-Type": "application/json"}
+    resp = await gateway.http.post(f"{gateway.url}/start", data=body, headers=headers)
+    assert resp.status == 400
+    assert (await resp.json()) == {"error": "body is not valid JSON"}
+    assert gateway.sample("gateway_rejections_total", tenant=gateway.tenant, reason="internal_error") == 0
+
+
 async def test_start_with_unknown_key_is_401(gateway: RunningGateway) -> None:
     resp = await gateway.start(key="mgw_not-a-real-key", user_id="u1")
     assert resp.status == 401

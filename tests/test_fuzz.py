@@ -340,6 +340,42 @@ _DEPTH = st.one_of(st.integers(28, 36), st.integers(1, 3000))
 _DEEP_MESSAGE = st.builds(_deep_message, _DEPTH, st.booleans())
 
 
+# --- Numbers JSON can write and decoders choke on ---------------------------------------------------------
+
+# Python converts at most sys.get_int_max_str_digits() (4,300) digits to an int; json.loads raises a plain
+# ValueError beyond, and Python's json cannot write such an int at all: these are written as text.
+_INT_DIGITS = st.one_of(st.sampled_from([4299, 4300, 4301, 5000, 20_000]), st.integers(1, 6000))
+_EXPONENTS = st.one_of(st.sampled_from([308, 309, 400, -324, -400, 99_999_999]), st.integers(-(10**6), 10**6))
+_NUMERIC_LITERAL: st.SearchStrategy[str] = st.one_of(
+    st.builds(
+        lambda sign, n, d: sign + d * n, st.sampled_from(["", "-"]), _INT_DIGITS, st.sampled_from("19")
+    ),
+    st.builds(lambda m, e: f"{m}e{e}", st.sampled_from(["1", "-1", "1.5", "0", "9.99"]), _EXPONENTS),
+    st.builds(lambda n: "0." + "3" * n, st.integers(1, 6000)),
+    # Python's json reads (and writes) these; JavaScript's JSON.parse does not.
+    st.sampled_from(["NaN", "Infinity", "-Infinity", "-0", "1E400", "-1e-400"]),
+)
+_PLACEHOLDER = "__number__"
+_NUMBER_AT: dict[str, dict[str, Any]] = {
+    "raw-audio": {"base64Audio": "AAAA", "sampleRate": _PLACEHOLDER, "numChannels": 1},
+    "raw-audio-batch": {"base64AudioBatch": ["AAAA"], "sampleRate": 16000, "numChannels": _PLACEHOLDER},
+    "client-message": {"t": "numbers", "d": {"n": [_PLACEHOLDER]}},
+    "send-text": {"content": _PLACEHOLDER, "options": {"audio_response": False}},
+}
+
+
+def _numeric_message(type_: str, literal: str) -> str:
+    """An RTVI message of ``type_`` with ``literal`` where a number may (or must not) be."""
+    return _dumps(rtvi(type_, _NUMBER_AT[type_], id_="numeric")).replace(f'"{_PLACEHOLDER}"', literal)
+
+
+_NUMERIC_DOCUMENT: st.SearchStrategy[str] = st.one_of(
+    _NUMERIC_LITERAL,
+    _NUMERIC_LITERAL.map(lambda literal: f"[{literal}, {literal}]"),
+    st.builds(_numeric_message, st.sampled_from(list(_NUMBER_AT)), _NUMERIC_LITERAL),
+)
+
+
 @st.composite
 def _truncated(draw: st.DrawFn, whole: st.SearchStrategy[str]) -> str:
     text = draw(whole)
@@ -354,6 +390,7 @@ RTVI_MIX: dict[str, tuple[st.SearchStrategy[str | bytes], int]] = {
     "json-nested": (st.builds(_nested, _DEPTH, st.booleans()), 4),
     "rtvi-message": (rtvi_messages().map(_dumps), 36),
     "rtvi-deep": (_DEEP_MESSAGE, 5),
+    "json-numeric": (_NUMERIC_DOCUMENT, 5),
     "rtvi-send-text": (_SEND_TEXT.map(_dumps), 8),
     "rtvi-raw-audio": (_RAW_AUDIO.map(_dumps), 8),
     "rtvi-message-binary": (rtvi_messages().map(lambda m: _dumps(m).encode()), 10),
@@ -449,6 +486,7 @@ PROTOBUF_MIX: dict[str, tuple[st.SearchStrategy[str | bytes], int]] = {
     "pb-message-json": (st.builds(_pb_message, _JSON.map(_dumps)), 7),
     "pb-message-rtvi": (st.builds(_pb_message, rtvi_messages().map(_dumps)), 25),
     "pb-message-deep": (st.builds(_pb_message, _DEEP_MESSAGE), 3),
+    "pb-message-numeric": (st.builds(_pb_message, _NUMERIC_DOCUMENT), 4),
     "pb-message-send-text": (st.builds(_pb_message, _SEND_TEXT.map(_dumps)), 6),
     "pb-interruption": (st.builds(_pb_interruption, _U64), 4),
     "pb-mutated": (_mutated(), 14),
@@ -495,6 +533,14 @@ def edge_messages() -> list[str]:
     for size in range(7):
         edges += [_audio("raw-audio", base64Audio=_pcm(size), numChannels=channels) for channels in CHANNELS]
     edges += [_deep_message(depth, as_object) for depth in (30, 31, 32, 33) for as_object in (False, True)]
+    digits = [4299, 4300, 4301, 5000]
+    edges += [sign + "7" * n for n in digits for sign in ("", "-")]
+    edges += [_numeric_message(type_, "1" * n) for type_ in _NUMBER_AT for n in digits]
+    edges += [
+        _numeric_message(type_, literal)
+        for type_ in _NUMBER_AT
+        for literal in ("NaN", "Infinity", "-Infinity", "1e400", "1e-400", "16000.0", "0." + "5" * 5000)
+    ]
     edges += [
         _dumps(message)
         for message in (
@@ -803,6 +849,9 @@ _CRASHERS = {
     "rate-Infinity": _dumps(rtvi("raw-audio", {"sampleRate": float("inf")})),
     "nested-5000": _nested(5000, as_object=False),
     "nested-in-message": _deep_message(990, as_object=False),
+    # More digits than Python converts to an int (sys.get_int_max_str_digits(), 4,300): a plain ValueError.
+    "number-5000-digits": "1" * 5000,
+    "number-5000-digits-in-message": _numeric_message("client-message", "1" * 5000),
 }
 
 
@@ -810,9 +859,9 @@ _CRASHERS = {
 async def test_rtvi_frames_that_crashed_the_serializer_get_a_non_fatal_error_instead(
     gateway: RunningGateway, name: str
 ) -> None:
-    """Raw audio with 0, fractional or infinite channels or rates, and JSON nested deeper than Python's
-    decoder recurses, once ended the session with 1011; now they are undecodable frames like any other,
-    and the conversation goes on."""
+    """Raw audio with 0, fractional or infinite channels or rates, JSON nested deeper than Python's
+    decoder recurses, and a number with more digits than Python converts once ended the session with 1011;
+    now they are undecodable frames like any other, and the conversation goes on."""
     client = await gateway.connect(serializer="rtvi", user_id="u1")
     await client.bot_turn()
     await refused(client, _CRASHERS[name], "after-crasher")

@@ -61,6 +61,9 @@ async def test_serve_on_a_fresh_data_dir_starts_embedded_postgres_and_greets(
                 except aiohttp.ClientConnectionError:
                     pass
                 await asyncio.sleep(0.2)
+            # The embedded defaults on loopback are the first-run laptop set-up: demo mode is on.
+            async with http.get(f"http://127.0.0.1:{port}/") as page:
+                assert page.status == 200 and "Demo mode" in await page.text()
             resp = await http.post(
                 f"http://127.0.0.1:{port}/start",
                 json={"transport": "websocket", "body": {"user_id": "quickstart", "serializer": "rtvi"}},

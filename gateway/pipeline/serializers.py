@@ -31,6 +31,11 @@ from pipecat.serializers.base_serializer import FrameSerializer
 from pipecat.serializers.protobuf import ProtobufFrameSerializer
 
 SERIALIZERS = ("protobuf", "rtvi")
+# The frames a protobuf client is sent: the kinds ``@pipecat-ai/websocket-transport`` 1.7.x decodes
+# (``audio`` and ``message``; its deserializer throws "Unknown frame kind" for any other, and the browser
+# console shows it). Pipecat 1.14 also writes an ``interruption`` on every user turn; clients learn of
+# interruptions from RTVI messages instead. Its end and cancel frames have no wire form at all.
+CLIENT_FRAMES = (OutputAudioRawFrame, OutputTransportMessageFrame, OutputTransportMessageUrgentFrame)
 MAX_DEPTH = 32
 SAMPLE_RATES = range(8000, 48001)
 CHANNELS = (1, 2)
@@ -56,6 +61,19 @@ def _check_value(value: Any, depth: int = 0) -> None:
     elif isinstance(value, list):
         for item in value:
             _check_value(item, depth + 1)
+
+
+def decode_json(data: str | bytes) -> Any:
+    """A client's JSON document, or ``UndecodableFrame``: whatever the decoder fails with is the client's.
+
+    Not only ``JSONDecodeError``: bytes in no Unicode encoding raise ``UnicodeDecodeError``, an integer
+    with more digits than ``sys.get_int_max_str_digits()`` (4,300) a plain ``ValueError``, and nesting
+    deeper than the interpreter recurses ``RecursionError``. Each once closed the session with 1011.
+    """
+    try:
+        return json.loads(data)
+    except (ValueError, TypeError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError included
+        raise UndecodableFrame("not JSON") from e
 
 
 def _audio_format(data: dict[str, Any]) -> tuple[int, int]:
@@ -137,10 +155,7 @@ class RTVIJsonSerializer(FrameSerializer):
         return None
 
     async def deserialize(self, data: str | bytes) -> Frame | None:
-        try:
-            message = check_message(json.loads(data))
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, RecursionError) as e:
-            raise UndecodableFrame("not JSON") from e
+        message = check_message(decode_json(data))
         if message["type"] == "raw-audio":
             payload = message["data"]
             rate, channels = _audio_format(payload)
@@ -155,7 +170,8 @@ class RTVIJsonSerializer(FrameSerializer):
 
 
 class StrictProtobufSerializer(ProtobufFrameSerializer):
-    """Pipecat's protobuf serializer, reporting garbage instead of raising DecodeError or logging."""
+    """Pipecat's protobuf serializer, reporting garbage instead of raising DecodeError or logging, and
+    writing only the frame kinds browser clients decode (``CLIENT_FRAMES``)."""
 
     async def deserialize(self, data: str | bytes) -> Frame | None:
         if not isinstance(data, (bytes, bytearray)):
@@ -174,6 +190,8 @@ class StrictProtobufSerializer(ProtobufFrameSerializer):
         return frame
 
     async def serialize(self, frame: Frame) -> str | bytes | None:
+        if not isinstance(frame, CLIENT_FRAMES):
+            return None
         if isinstance(frame, (OutputTransportMessageFrame, OutputTransportMessageUrgentFrame)) and isinstance(
             frame.message, dict
         ):

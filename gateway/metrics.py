@@ -117,6 +117,13 @@ class GatewayMetrics:
             ["outcome"],
             registry=r,
         )
+        self.resumptions_total = Counter(
+            "gateway_session_resumptions_total",
+            "Sessions whose client's network dropped, by what became of them: resumed (the client came "
+            "back with its token within GATEWAY_RESUME_SECS), expired (it did not; the session ended)",
+            ["tenant", "outcome"],
+            registry=r,
+        )
         self.prestart_total = Counter(
             "gateway_prestart_total",
             "Sessions started at /start, by what became of them: claimed (its client connected here), "

@@ -37,7 +37,7 @@ from gateway.pipeline.serializers import SERIALIZERS
 from gateway.pipeline.session import Session
 from gateway.pipeline.transport import SocketHandle
 from gateway.tenants import TenantConfig
-from gateway.tokens import SessionClaims, TokenError
+from gateway.tokens import SessionClaims, TokenError, TokenExpired
 from gateway.workers import worker_port
 from memory.scope import MemoryScope
 
@@ -343,8 +343,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if registry.draining:
         return await _refuse(request, ws, None, "draining", closecodes.GOING_AWAY, "server is draining")
     bad_token = "invalid, expired or reused token"
+    expired = False
     try:
-        claims = app[tokens_key].verify(token)
+        try:
+            claims = app[tokens_key].verify(token)
+        except TokenExpired:
+            # Opens nothing new; it may still resume the session it opened (checked below).
+            claims, expired = app[tokens_key].verify(token, expired_ok=True), True
     except TokenError as e:
         log.info("ws.bad_token", detail=str(e))
         return await _refuse(request, ws, None, "bad_token", closecodes.BAD_TOKEN, bad_token)
@@ -352,6 +357,18 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if tenant is None:
         return await _refuse(request, ws, None, "bad_token", closecodes.BAD_TOKEN, bad_token)
     structlog.contextvars.bind_contextvars(tenant=tenant.name, session_id=claims.session_id)
+    socket = SocketHandle(ws, functools.partial(_abort, request), functools.partial(_write_room, request))
+    # A token already spent (or expired) comes back: its session here may be waiting for its client,
+    # whose network dropped (resumption; never two sockets at once: only a detached session resumes).
+    detached = registry.detached(claims.session_id)
+    if detached is not None and _admission(request, tenant, claims) is None:
+        session, task = detached
+        if await session.resume(socket, accepted_at):
+            await _until_done(socket, task)
+            return ws
+    if expired:
+        log.info("ws.bad_token", detail="ExpiredSignatureError")
+        return await _refuse(request, ws, tenant.name, "bad_token", closecodes.BAD_TOKEN, bad_token)
     # The token is spent either way (on every replica); its started session or greeting prefetch is
     # used now or never.
     try:
@@ -385,11 +402,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         if prefetch is not None:
             prefetch.cancel()
         return await _refuse(request, ws, tenant.name, *refusal)
-    socket = SocketHandle(ws, functools.partial(_abort, request), functools.partial(_write_room, request))
     if pending is not None:
         pending.session.attach(socket, accepted_at)
-        # The session runs in its own task (started at /start); this handler keeps the socket open.
-        await asyncio.shield(pending.task)
+        await _until_done(socket, pending.task)
         return ws
 
     assert lease is not None
@@ -410,8 +425,19 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         return await _refuse(
             request, ws, tenant.name, "internal_error", closecodes.INTERNAL_ERROR, "internal error"
         )
-    await asyncio.shield(registry.launch(session, lease))
+    await _until_done(socket, registry.launch(session, lease))
     return ws
+
+
+async def _until_done(socket: SocketHandle, session: asyncio.Task[str]) -> None:
+    """Keep the handler (and so the socket) open until the session is done with this socket: it
+    ended, or the socket dropped and the session waits for its client on another (resumption). The
+    session runs in its own task: a handler cancelled with its connection does not cut it short."""
+    done = asyncio.ensure_future(socket.done.wait())
+    try:
+        await asyncio.wait({done, session}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        done.cancel()
 
 
 async def memories(request: web.Request) -> web.Response:

@@ -126,6 +126,13 @@ class Settings(BaseSettings):
         max_length=500,
         description="said to each session still live when the drain time is up, before 1001",
     )
+    resume_secs: float = Field(
+        default=30.0,
+        ge=0,
+        le=600,
+        description="a session whose client's network dropped waits this long for the client to come "
+        "back with the same token (wsUrl), then ends; 0 ends it at once",
+    )
     heartbeat_secs: float = Field(default=20.0, gt=0)
     idle_timeout_secs: float = Field(
         default=300.0, gt=0, description="close (4008) a session whose client sent nothing for this long"

@@ -27,6 +27,10 @@ class TokenError(Exception):
     """The token is malformed, forged, expired or already used."""
 
 
+class TokenExpired(TokenError):
+    """The token is genuine but past its expiry: it opens no session, but may resume its own."""
+
+
 @dataclass(frozen=True, slots=True)
 class SessionClaims:
     tenant: str
@@ -84,8 +88,12 @@ class SessionTokens:
         }
         return jwt.encode(payload, self._secret, algorithm=ALGORITHM), claims
 
-    def verify(self, token: str) -> SessionClaims:
-        """Check signature, audience and expiry (single use: ``SessionRegistry.spend_token``)."""
+    def verify(self, token: str, *, expired_ok: bool = False) -> SessionClaims:
+        """Check signature, audience and expiry (single use: ``SessionRegistry.spend_token``).
+
+        ``expired_ok``: an expired but otherwise valid token's claims (``TokenExpired`` otherwise) —
+        only to find the session it opened, which its client may resume (``Session.resume``).
+        """
         try:
             payload = jwt.decode(
                 token,
@@ -93,14 +101,15 @@ class SessionTokens:
                 algorithms=[ALGORITHM],
                 audience=AUDIENCE,
                 issuer=ISSUER,
-                options={"require": ["exp", "iat", "jti", "iss", "aud"]},
+                options={"require": ["exp", "iat", "jti", "iss", "aud"], "verify_exp": not expired_ok},
                 leeway=0,
             )
+        except jwt.ExpiredSignatureError as e:
+            raise TokenExpired("ExpiredSignatureError") from e
         except jwt.PyJWTError as e:
             raise TokenError(type(e).__name__) from e
-        now = self._clock()
-        if float(payload["exp"]) <= now:
-            raise TokenError("ExpiredSignatureError")
+        if float(payload["exp"]) <= self._clock() and not expired_ok:
+            raise TokenExpired("ExpiredSignatureError")
         jti = str(payload["jti"])
         tenant = payload.get("ten")
         if not isinstance(tenant, str) or not tenant:

@@ -209,11 +209,6 @@ async def test_the_demo_page_greets_remembers_and_forgets_with_zero_console_erro
     assert len(watched.sockets) == 3
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="the greeting starts as the socket connects, before RTVI bot-ready; RTVI order (greeting "
-    "after bot-ready) is the lead's change to gateway/pipeline/session.py (issue 14, finding 2)",
-)
 async def test_bot_ready_precedes_the_greeting_in_the_browser(demo: RunningGateway, watched: Watched) -> None:
     page = DemoPage(watched, demo.url)
     await page.open()
@@ -273,11 +268,6 @@ async def test_the_demo_page_connects_again_with_the_same_url_and_token_after_a_
     assert watched.sockets[1] == watched.sockets[0]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="needs session resumption (the same token re-attaches to the running session within a short "
-    "window): the lead's change to gateway/pipeline/session.py and gateway/cluster/ (issue 14, finding 3)",
-)
 async def test_the_demo_page_resumes_its_conversation_after_a_network_drop(
     proxied: TcpProxy, watched: Watched, fake_llm: FakeLLM
 ) -> None:

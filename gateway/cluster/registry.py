@@ -79,6 +79,7 @@ class _Local:
     prefetches: dict[str, Prefetch] = field(default_factory=dict)
     sessions: weakref.WeakSet[Session] = field(default_factory=weakref.WeakSet)
     tasks: set[asyncio.Task[str]] = field(default_factory=set)
+    running: dict[str, tuple[Session, asyncio.Task[str]]] = field(default_factory=dict)  # by session ID
 
 
 class SessionRegistry(abc.ABC):
@@ -326,7 +327,18 @@ class SessionRegistry(abc.ABC):
         task = asyncio.create_task(self.run(session, lease), name="session")
         self._local.tasks.add(task)
         task.add_done_callback(self._local.tasks.discard)
+        running = self._local.running
+        running[session.id] = (session, task)
+        task.add_done_callback(
+            lambda _: running.pop(session.id) if running.get(session.id, (None,))[0] is session else None
+        )
         return task
+
+    def detached(self, session_id: str) -> tuple[Session, asyncio.Task[str]] | None:
+        """The session this process runs under that ID, if its client's network dropped and it waits
+        for the client to come back (``Session.resume``); its task runs it to the end."""
+        found = self._local.running.get(session_id)
+        return found if found is not None and found[0].detached else None
 
     def _drop_pending(self, entry: PendingSession) -> None:
         if self._local.pending.get(entry.session.id) is entry:

@@ -197,6 +197,7 @@ class Session:
         self._unclaimed = False
         self._closed = False
         self._owes_greeting = True
+        self._expiry: asyncio.Task[None] | None = None
         deps.builds.greeting_owed()
 
     # -- what the registry and routes use ------------------------------------------------------------
@@ -471,7 +472,42 @@ class Session:
             log.exception("session.store_failed")
 
     async def _on_client_gone(self) -> None:
+        """The socket ended. A client that said goodbye (or was closed) is gone; one whose network
+        dropped may come back with the same token within ``GATEWAY_RESUME_SECS`` (``resume``)."""
+        window = self.deps.settings.resume_secs
+        if self.client.dropped and window > 0 and not self._closed and not self._owes_greeting:
+            self.client.detach()
+            log.info("session.detached", resume_secs=window)
+            self._expiry = asyncio.create_task(self._expire(window), name="resume-window")
+            return
         await self._stop("client disconnected")
+
+    @property
+    def detached(self) -> bool:
+        """Its client's network dropped; it waits for the client to come back (``resume``)."""
+        return self.client.detached and not self._closed
+
+    async def resume(self, socket: SocketHandle, accepted_at: float) -> bool:
+        """The client came back on a new socket: it gets what was said meanwhile, then the
+        conversation goes on where it was (no second greeting). False if the session is not waiting."""
+        if not self.detached:
+            return False
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        self._accepted_at = accepted_at
+        await self.client.reattach(socket)
+        self.client.start_reading(self._on_frame, self._on_client_gone)
+        self.deps.metrics.resumptions_total.labels(self.tenant.name, "resumed").inc()
+        log.info("session.resumed")
+        return True
+
+    async def _expire(self, window: float) -> None:
+        await asyncio.sleep(window)
+        if self.detached:
+            self.deps.metrics.resumptions_total.labels(self.tenant.name, "expired").inc()
+            log.info("session.not_resumed", resume_secs=window)
+            await self._stop("client did not come back")
 
     async def _stop(self, reason: str) -> None:
         """End the session: the pipeline's worker if it has the conversation, else the steps."""
@@ -484,6 +520,8 @@ class Session:
         """Stop what still runs, store the last turn's reply (and what was typed but never reached
         the pipeline), and wait (bounded) for this session's memory writes."""
         self._paid()
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self._prefetch is not None and not self._prefetch.done():
             self._prefetch.cancel()
         run = self._pipeline_run

@@ -25,8 +25,9 @@ session's inbox first, the pipeline's input transport once the session hands the
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pipecat.processors.frameworks.rtvi.models as RTVI
@@ -59,6 +60,9 @@ from gateway.pipeline.serializers import UndecodableFrame
 log = get_logger(__name__)
 
 Sink = Callable[[Frame], Awaitable[None]]
+# What a detached client's session may write meanwhile (held for its return): a reply or two in text.
+HELD_MESSAGES = 256
+HELD_BYTES = 1024 * 1024
 
 
 class TransportHooks:
@@ -96,6 +100,9 @@ class SocketHandle:
     ws: web.WebSocketResponse
     abort: Callable[[], None]
     write_room: Callable[[], int]
+    # Set once the client is done with this socket (read to its end, detached or closed): what the
+    # request's handler waits for; the session may outlive it (resumption).
+    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class DeferredMessageFrame(OutputTransportMessageUrgentFrame):
@@ -142,6 +149,11 @@ class AiohttpWebsocketClient:
         self._bad_frames = 0
         self._users = 0
         self.close_code: int | None = None
+        # The socket went away without a close frame (a network drop, not the client leaving).
+        self.dropped = False
+        # While detached (``detach``), what is written waits here for the next socket, in order.
+        self._held: deque[str | bytes] | None = None
+        self._held_bytes = 0
 
     @property
     def websocket(self) -> web.WebSocketResponse | None:
@@ -156,11 +168,42 @@ class AiohttpWebsocketClient:
         return self._closing
 
     def attach(self, socket: SocketHandle) -> None:
-        """Hand over the client's socket (once)."""
-        if self._socket is not None:
+        """Hand over the client's socket (once; ``reattach`` after a ``detach``)."""
+        if self._socket is not None or self._held is not None:
             raise RuntimeError("a socket is already attached")
         self._socket = socket
         self._attached.set()
+
+    @property
+    def detached(self) -> bool:
+        return self._held is not None and self._socket is None
+
+    def detach(self) -> None:
+        """The socket dropped: forget it, and hold what is written until ``reattach`` (bounded by
+        ``HELD_MESSAGES`` / ``HELD_BYTES``; beyond them the oldest is dropped)."""
+        socket, self._socket = self._socket, None
+        if socket is not None:
+            socket.done.set()
+        self._attached.clear()
+        self._held, self._held_bytes = deque(), 0
+        self.dropped = False
+        self.close_code = None
+        self._bad_frames = 0
+
+    async def reattach(self, socket: SocketHandle) -> None:
+        """The client came back on a new socket: write what was held for it, in order, then go on."""
+        if not self.detached:
+            raise RuntimeError("not detached")
+        self._socket = socket
+        self._attached.set()
+        held = self._held
+        assert held is not None
+        while held:  # what is written meanwhile joins the end of the queue
+            payload = held.popleft()
+            self._held_bytes -= len(payload)
+            if not await self._write(payload):
+                break
+        self._held, self._held_bytes = None, 0
 
     async def wait_attached(self, timeout: float) -> bool:
         """True once a socket is attached; False on timeout or if the client was closed first."""
@@ -214,11 +257,16 @@ class AiohttpWebsocketClient:
                 await self.close(closecodes.IDLE_TIMEOUT, "idle timeout")
                 break
             if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                # CLOSE: the client said goodbye. CLOSED without our closing it: the connection was lost.
+                self.dropped = msg.type == WSMsgType.CLOSED and not self._closing
                 break
             self._hooks.count_in()
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 yield msg.data
             elif msg.type == WSMsgType.ERROR:
+                if not isinstance(msg.data, WebSocketError):  # the connection failed (reset)
+                    self.dropped = not self._closing
+                    break
                 # aiohttp has already closed the socket with the error's code (1009 for an
                 # oversized message); ws.close_code would show the client's echo instead.
                 self._closing = True
@@ -255,8 +303,11 @@ class AiohttpWebsocketClient:
         except Exception:
             log.exception("ws.receive_failed")
             await self.close(closecodes.INTERNAL_ERROR, "internal error")
-        # However the socket ended (client left, protocol error, abuse, slow reader), the session ends.
+        # However the socket ended (client left or dropped, protocol error, abuse, slow reader), the
+        # session decides what follows (``on_end``): end, or wait for the client to come back.
         self._reader = None
+        if self._socket is not None:
+            self._socket.done.set()
         await on_end()
 
     async def _reject_frame(self, reason: str) -> bool:
@@ -272,7 +323,22 @@ class AiohttpWebsocketClient:
             return True
         return False
 
+    @property
+    def accepting(self) -> bool:
+        """Whether a write now goes somewhere: the socket, or the queue held for the client's return."""
+        return not self._closing and (self._held is not None or self.is_connected)
+
     async def send(self, data: str | bytes) -> bool:
+        held = self._held
+        if held is not None and not self._closing:
+            held.append(data)
+            self._held_bytes += len(data)
+            while len(held) > HELD_MESSAGES or self._held_bytes > HELD_BYTES:
+                self._held_bytes -= len(held.popleft())
+            return True
+        return await self._write(data)
+
+    async def _write(self, data: str | bytes) -> bool:
         socket = self._socket
         if self._closing or socket is None or socket.ws.closed:
             return False
@@ -310,12 +376,19 @@ class AiohttpWebsocketClient:
         if self._closing:
             return
         self._closing = True
+        self._held = None
         if self.close_code is None:
             self.close_code = code
         socket = self._socket
         if socket is None:
             self._attached.set()  # wake a session still waiting for its socket: it never comes
             return
+        try:
+            await self._close(socket, code, reason)
+        finally:
+            socket.done.set()  # after the close handshake: the request's handler may return now
+
+    async def _close(self, socket: SocketHandle, code: int, reason: str) -> None:
         if socket.ws.closed:
             return
         try:
@@ -492,7 +565,7 @@ class AiohttpWebsocketOutputTransport(BaseOutputTransport):
         return True
 
     async def _write_frame(self, frame: Frame) -> bool:
-        if self._client.is_closing or not self._client.is_connected or not self._ws_params.serializer:
+        if not self._client.accepting or not self._ws_params.serializer:
             return False
         payload = await self._ws_params.serializer.serialize(frame)
         if payload:

@@ -225,6 +225,7 @@ async def start_gateway(
     max_sessions: int = 10_000,
     embed_model: Any = None,
     runtime_tuning: bool | None = None,
+    tenant_settings: dict[str, Any] | None = None,
     **settings: Any,
 ) -> AsyncIterator[BenchGateway]:
     """Start a real gateway on ``127.0.0.1:<free port>``; stop it (and its PostgreSQL) on exit.
@@ -234,7 +235,8 @@ async def start_gateway(
     rate limit high enough never to refuse a benchmark. ``llm=True`` starts the local fake
     OpenAI-compatible LLM (``tests/fake_llm.py``) and points the tenants at it; without it user turns
     get an RTVI error, but the greeting (which needs no LLM) works. Extra keyword arguments override
-    ``gateway.settings.Settings`` fields (``memory_workers=…``, ``greeting_deadline_secs=…``).
+    ``gateway.settings.Settings`` fields (``memory_workers=…``, ``greeting_deadline_secs=…``);
+    ``tenant_settings`` are merged into every tenant's entry (``{"greeting": {"after": "connect"}}``).
     ``runtime_tuning`` applies the process tuning ``memory-gateway serve`` applies after start-up
     (``gateway.runtime``, e.g. the garbage collector's) — to this whole process, baselines included;
     default: on unless the environment says ``BENCH_RUNTIME_TUNING=0`` (the smoke test does, so as not
@@ -269,7 +271,7 @@ async def start_gateway(
             }
             if fake is not None:
                 spec["llm"] = {"base_url": fake.base_url, "model": "fake-model"}
-            configs.append(TenantConfig.model_validate(spec))
+            configs.append(TenantConfig.model_validate({**spec, **(tenant_settings or {})}))
         config = Settings(
             data_dir=root,
             database_url=database_url,
@@ -388,15 +390,18 @@ async def greet_timed(
     *,
     agent_id: str | None = None,
     timeout: float = 30.0,
+    client_ready: bool = True,
 ) -> GreetingTiming:
-    """One session: ``POST /start``, connect, read the greeting, close; both spans and the text.
-
-    The socket is closed after the greeting (outside the timed span).
+    """One session: ``POST /start``, connect, ``client-ready`` (as every RTVI client says on connect;
+    the gateway greets after answering it) unless ``client_ready=False``, read the greeting, close;
+    both spans and the text. The socket is closed after the greeting (outside the timed span).
     """
     started = time.perf_counter()
     ws_url = await start_session(http, url, key, user_id, agent_id=agent_id)
     connecting = time.perf_counter()
     async with http.ws_connect(ws_url) as ws:
+        if client_ready:
+            await ws.send_str(rtvi("client-ready", {"version": "2.0.0", "about": {"library": "bench"}}))
         text = await read_bot_turn(ws, timeout)
         done = time.perf_counter()
     return GreetingTiming(total=done - started, connect=done - connecting, text=text)

@@ -25,8 +25,9 @@ Two roles, each a small line-oriented JSON protocol over stdin/stdout so the ben
 ``python -m bench.loadgen timer``
     One sequential timing client, for the latency scenarios: answers ``ready``, then for each command
     line times one sample with the harness's client functions and answers ``{"event": "timed", ...}``:
-    ``{"cmd": "greet", "url", "key", "user_id"}`` (``POST /start`` → greeting: ``total``, ``connect``,
-    ``text``), ``{"cmd": "ws_greeting", "ws_url"}`` (connect → first bot turn: ``seconds``, ``text``),
+    ``{"cmd": "greet", "url", "key", "user_id", "client_ready"}`` (``POST /start`` → [``client-ready``]
+    → greeting: ``total``, ``connect``, ``text``), ``{"cmd": "ws_greeting", "ws_url"}`` (connect → first
+    bot turn: ``seconds``, ``text``),
     ``{"cmd": "echo", "ws_url"}`` and ``{"cmd": "post_echo", "base", "ws_url"}`` (``seconds``). A failed
     sample answers ``error``. ``{"cmd": "soak", "url", "key", "user_prefix", "first", "count"}`` runs
     ``count`` whole sessions one after another (``POST /start``, WebSocket, ``client-ready``, greeting,
@@ -377,7 +378,13 @@ async def _time(http: aiohttp.ClientSession, command: dict[str, Any]) -> dict[st
     if cmd == "soak":
         return await _soak(http, command)
     if cmd == "greet":
-        timing = await greet_timed(http, _loopback(command["url"]), command["key"], command["user_id"])
+        timing = await greet_timed(
+            http,
+            _loopback(command["url"]),
+            command["key"],
+            command["user_id"],
+            client_ready=bool(command.get("client_ready", True)),
+        )
         return {"total": timing.total, "connect": timing.connect, "text": timing.text}
     if cmd == "ws_greeting":
         seconds, text = await ws_greeting_timed(http, _loopback(command["ws_url"]))

@@ -348,9 +348,10 @@ class TimingClient:
         await self._child.send(command)
         return await self._child.expect("timed", timeout)
 
-    async def greet(self, url: str, key: str, user_id: str) -> GreetingTiming:
-        """``greet_timed``: ``POST /start`` → WebSocket → greeting; raises if the sample failed."""
-        result = await self._timed(cmd="greet", url=url, key=key, user_id=user_id)
+    async def greet(self, url: str, key: str, user_id: str, *, client_ready: bool = True) -> GreetingTiming:
+        """``greet_timed``: ``POST /start`` → WebSocket → [``client-ready``] → greeting; raises if the
+        sample failed."""
+        result = await self._timed(cmd="greet", url=url, key=key, user_id=user_id, client_ready=client_ready)
         if "error" in result:
             raise RuntimeError(result["error"])
         return GreetingTiming(total=result["total"], connect=result["connect"], text=result["text"])

@@ -6,9 +6,11 @@ frequency, background work) hits all of them alike. The target compares like wit
 connect → greeting against WebSocket connect → echo. ``/start`` → greeting is reported against a bare
 aiohttp ``POST`` followed by the echo (the same two round trips with no work behind them).
 
-The gateway starts a session's pipeline at ``/start`` (``GATEWAY_PRESTART_SECS``), so its connect span
-no longer contains the pipeline's start-up; a second gateway with ``prestart_secs=0`` (pipeline started
-at connect, as before) runs in the same rounds, so both spans of both modes are side by side.
+The gateway greets in RTVI's order by default: the client connects and says ``client-ready`` (as every
+RTVI client does), the gateway answers ``bot-ready`` and then greets — one client round trip inside the
+connect span, like the echo's. A second gateway in the same rounds greets on connect
+(``greeting.after: connect``, the opt-in; its client says nothing first), so what RTVI's order costs is
+side by side. A text session greets before its pipeline is built (``gateway.pipeline.builds``).
 
 Every sample is timed by a client in a process of its own (``bench.loadrun.TimingClient``), as a real
 caller is: on the gateway's own event loop it would wait behind the pipeline ``/start`` just started.
@@ -39,10 +41,10 @@ NAME = "floor"
 TITLE = "2. Gateway floor: empty-memory greeting vs a bare aiohttp WebSocket echo"
 
 LIMIT = 3.0
-GATEWAY_WS = "gateway: WebSocket connect → greeting"
+GATEWAY_WS = "gateway: WebSocket connect → client-ready → greeting"
 GATEWAY_TOTAL = "gateway: /start → greeting"
-LAZY_WS = "gateway, pipeline started at connect: WebSocket connect → greeting"
-LAZY_TOTAL = "gateway, pipeline started at connect: /start → greeting"
+EAGER_WS = "gateway, greeting on connect: WebSocket connect → greeting"
+EAGER_TOTAL = "gateway, greeting on connect: /start → greeting"
 ECHO = "bare aiohttp: WebSocket connect → echo"
 POST_ECHO = "bare aiohttp: POST → WebSocket connect → echo"
 ECHO_WARM = "bare aiohttp: WebSocket connect → echo, back to back"
@@ -68,15 +70,19 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     samples: dict[str, list[float]] = {
         GATEWAY_WS: [],
         GATEWAY_TOTAL: [],
-        LAZY_WS: [],
-        LAZY_TOTAL: [],
+        EAGER_WS: [],
+        EAGER_TOTAL: [],
         ECHO: [],
         POST_ECHO: [],
         ECHO_WARM: [],
     }
     async with (
         start_gateway(tenants=("floor",), database_url=ctx.database_url) as gw,
-        start_gateway(tenants=("lazy",), database_url=gw.database_url, prestart_secs=0) as lazy,
+        start_gateway(
+            tenants=("eager",),
+            database_url=gw.database_url,
+            tenant_settings={"greeting": {"after": "connect"}},
+        ) as eager,
         start_echo_server() as echo_url,
         _bare_start_server() as bare,
         timing_client() as client,
@@ -88,15 +94,15 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             await gw.settle()
             timing = await client.greet(gw.url, gw.key, f"empty-{i}")
             await gw.settle()
-            at_connect = await client.greet(lazy.url, lazy.key, f"empty-{i}")
-            await lazy.settle()
+            at_connect = await client.greet(eager.url, eager.key, f"empty-{i}", client_ready=False)
+            await eager.settle()
             echo = await client.echo(echo_url)
             post_echo = await client.post_echo(bare, echo_url)
             if i >= warmup:
                 samples[GATEWAY_WS].append(timing.connect)
                 samples[GATEWAY_TOTAL].append(timing.total)
-                samples[LAZY_WS].append(at_connect.connect)
-                samples[LAZY_TOTAL].append(at_connect.total)
+                samples[EAGER_WS].append(at_connect.connect)
+                samples[EAGER_TOTAL].append(at_connect.total)
                 samples[ECHO].append(echo)
                 samples[POST_ECHO].append(post_echo)
             ctx.progress("gateway vs echo", i + 1, warmup + rounds)
@@ -110,8 +116,8 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     floor_of = {
         GATEWAY_WS: ECHO,
         GATEWAY_TOTAL: POST_ECHO,
-        LAZY_WS: ECHO,
-        LAZY_TOTAL: POST_ECHO,
+        EAGER_WS: ECHO,
+        EAGER_TOTAL: POST_ECHO,
         ECHO: ECHO,
         POST_ECHO: POST_ECHO,
         ECHO_WARM: ECHO,
@@ -122,15 +128,16 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             {"variant": name, **s, "p50 vs its floor": ratio(s["p50_ms"], stats[floor_of[name]]["p50_ms"])}
         )
     measured = ratio(stats[GATEWAY_WS]["p50_ms"], stats[ECHO]["p50_ms"])
+    rtvi_cost = round(stats[GATEWAY_WS]["p50_ms"] - stats[EAGER_WS]["p50_ms"], 2)
     warm = ratio(stats[GATEWAY_WS]["p50_ms"], stats[ECHO_WARM]["p50_ms"])
     notes = [
         f"The target uses the interleaved echo: an echo right after gateway work runs with cold caches "
         f"and costs more than one on a loop doing nothing else ('{ECHO_WARM}', its ratio column is "
         f"against the interleaved echo). Against that warm floor the gateway's p50 is {warm}x.",
-        "The gateway starts the session's pipeline at /start (GATEWAY_PRESTART_SECS, the default), so "
-        "its WebSocket span starts with a running pipeline; the pipeline's start-up is inside "
-        f"'{GATEWAY_TOTAL}'. '{LAZY_WS}' is a second gateway in the same rounds with "
-        "GATEWAY_PRESTART_SECS=0.",
+        "RTVI's order (the default): the client says client-ready on connect and the greeting follows "
+        f"bot-ready, one client round trip; '{EAGER_WS}' is a second gateway in the same rounds whose "
+        "tenant greets on connect (greeting.after: connect), its client saying nothing first: "
+        f"the difference of the two p50s ({rtvi_cost} ms) is what RTVI's order costs here.",
         f"Floor pairs: '{GATEWAY_WS}' vs '{ECHO}' (the target), '{GATEWAY_TOTAL}' vs '{POST_ECHO}'. "
         "Sequential, one session at a time, timed by a client in its own process, rounds interleaved, "
         "each sample started only once the gateway "

@@ -32,6 +32,7 @@ from bench.harness import (
     ScenarioResult,
     memory_texts,
     read_bot_turn,
+    rtvi,
     say_timed,
     seed_memories,
     seed_store,
@@ -202,6 +203,8 @@ async def _turns(ctx: BenchContext, gw: Any, user: str, n: int, warmup: int) -> 
         with_url = await start_session(http, gw.url, gw.key, user)
         without_url = await start_session(http, gw.url, gw.key, "stranger")
         async with http.ws_connect(with_url) as with_ws, http.ws_connect(without_url) as without_ws:
+            for ws in (with_ws, without_ws):  # as every RTVI client does on connect
+                await ws.send_str(rtvi("client-ready", {"version": "2.0.0", "about": {"library": "bench"}}))
             await read_bot_turn(with_ws)  # greetings
             await read_bot_turn(without_ws)
             for i, q in enumerate(qs):

@@ -2,7 +2,7 @@
 an offline embedder, or the Mem0 platform.
 
 mem0 reads ``MEM0_TELEMETRY`` when it is first imported; with telemetry on, every ``Memory`` opens a
-second local Qdrant store and phones home (PITFALLS.md). The default is switched off here, before any
+second local Qdrant store and phones home (docs/pitfalls.md). The default is switched off here, before any
 module of this package imports mem0, so no import order can turn it back on by accident.
 """
 

@@ -1,4 +1,4 @@
-"""mem0's ``pgvector`` store with the two fixes measured in PITFALLS.md.
+"""mem0's ``pgvector`` store with the two fixes measured in docs/pitfalls.md.
 
 As shipped, a filtered ``search`` runs ``WHERE payload->>'user_id' = … ORDER BY vector <=> q LIMIT k``
 against an HNSW index: PostgreSQL walks the index, takes ≈40 candidates (``hnsw.ef_search``) and

@@ -3,7 +3,7 @@
 Storage uses every ID the session has (tenant-prefixed): the row keeps its full provenance.
 Retrieval — greeting and per-turn search — deliberately drops ``run_id`` whenever a user is known,
 because mem0's local backend ANDs all given IDs and every session gets a fresh ``run_id``: filtering
-by it would hide everything the user said in earlier sessions (PITFALLS.md). ``agent_id`` stays in the
+by it would hide everything the user said in earlier sessions (docs/pitfalls.md). ``agent_id`` stays in the
 retrieval filter so one user's memories with two different bots remain separate. Without a user,
 the agent scopes retrieval; with only a run, the run does.
 

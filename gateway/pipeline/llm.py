@@ -1,7 +1,7 @@
 """LLM services for sessions: OpenAI-compatible endpoints on one shared HTTP client.
 
 Constructing ``OpenAILLMService`` normally builds an ``AsyncOpenAI`` with its own httpx client and SSL
-context (≈30-40 ms per session, PITFALLS.md). ``create_client`` is Pipecat's hook for that; ours hands
+context (≈30-40 ms per session, docs/pitfalls.md). ``create_client`` is Pipecat's hook for that; ours hands
 out one ``AsyncOpenAI`` per endpoint per process (``OpenAIClients``), all on the process-wide
 ``httpx.AsyncClient``: even on a shared httpx client a new ``AsyncOpenAI`` costs ≈1 ms per session.
 
@@ -164,7 +164,7 @@ class TextOnlyTextProcessor(LLMTextProcessor):
     sentences (Pipecat's ``LLMTextProcessor``).
 
     Without a TTS, RTVI's ``bot-output`` waits for the bot to "start speaking", which never happens;
-    ``skip_tts`` lets it go out as soon as the text is complete (PITFALLS.md). The response's end
+    ``skip_tts`` lets it go out as soon as the text is complete (docs/pitfalls.md). The response's end
     frame needs it too: ``LLMTextProcessor`` flushes the last sentence with the end frame's flag.
     The mark is set before the aggregator reads the frame, exactly as a processor of its own just
     before it did; one processor fewer per session is one less set of queues, metrics and event

@@ -482,6 +482,16 @@ def overview() -> dashboard.Dashboard:
             stacked=True,
         ),
         series(
+            "Dropped connections, by what became of their session",
+            "A client whose network dropped (no close frame) may connect again with the same token "
+            "within GATEWAY_RESUME_SECS: resumed, its conversation went on; expired, it did not and the "
+            "session ended. Many expirations: clients that do not reconnect, or a proxy that sends "
+            "the reconnect to another pod (it must reach the one that holds the session).",
+            [(sum_rate("gateway_session_resumptions_total", ["outcome"]), "{{outcome}}")],
+            unit="ops",
+            stacked=True,
+        ),
+        series(
             "Session-state errors / s by operation",
             "Failed or timed-out calls: acquire / release / renew (session leases), spend_token, "
             "start_rate (falls back to the process's own bucket), ping.",

@@ -138,6 +138,10 @@ def build_pipeline(
         store=store,
         params=Mem0MemoryService.InputParams(**mem.params.model_dump()),
         search_timeout=mem.search_timeout_secs,
+        # Direct mode: a user turn's context frame is stored and enhanced on the task that pushed it
+        # (the user aggregator's), bounded by the search deadline, and then queued to the LLM; its own
+        # two queues and tasks would only hand frames on.
+        enable_direct_mode=True,
     )
     # The reply is made durable as soon as the aggregator has added it to the context, not with the
     # next user turn: a process killed between turns would otherwise lose the last reply.

@@ -457,7 +457,10 @@ class Session:
         """Give the pipeline the conversation: what the client sent so far, then the socket itself."""
         assert self._parts is not None
         pipeline_input = self._parts.transport.input()
-        await pipeline_input.connected()
+        if self._voice.audio_out:
+            # Pipecat's user→bot latency observer (voice in and out) times from it; nothing else in a
+            # session's pipeline reads it, and in text mode it would only cross every processor.
+            await pipeline_input.connected()
         inbox = self._inbox
         while inbox.frames:
             await pipeline_input.deliver(inbox.frames.popleft())

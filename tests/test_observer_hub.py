@@ -10,6 +10,7 @@ from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
+from gateway.pipeline.pipecatcompat import replace_worker_observer, worker_observer
 from gateway.pipeline.worker import ObserverHub, SessionWorker
 
 
@@ -93,7 +94,7 @@ async def test_an_observer_that_raises_does_not_silence_the_others() -> None:
 def test_the_hub_replaces_pipecats_per_observer_proxies() -> None:
     worker = SessionWorker(Pipeline([PassThrough()]), observers=[PushOnly()], idle_timeout_secs=None)
 
-    assert isinstance(worker._observer, ObserverHub)
+    assert isinstance(worker_observer(worker), ObserverHub)
 
 
 async def test_an_inline_observer_sees_a_push_before_the_push_returns() -> None:
@@ -130,7 +131,7 @@ async def test_an_inline_observer_that_raises_does_not_break_the_pipeline() -> N
         idle_timeout_secs=None,
         check_dangling_tasks=False,
     )
-    worker._observer = ObserverHub(observers=[broken, healthy], inline=(BrokenInline,))
+    replace_worker_observer(worker, ObserverHub(observers=[broken, healthy], inline=(BrokenInline,)))
     runner = WorkerRunner(handle_sigint=False, check_dangling_tasks=False)
     await runner.add_workers(worker)
     await worker.queue_frames([TextFrame("one"), TextFrame("two"), EndFrame()])

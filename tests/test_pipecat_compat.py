@@ -18,18 +18,27 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
+from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
 from pipecat.frames.frames import EndFrame, Frame, TextFrame
+from pipecat.observers.base_observer import BaseObserver
 from pipecat.pipeline import job_decorator, worker_ready_decorator
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineWorker
+from pipecat.pipeline.worker_observer import WorkerObserver
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers import base_worker
 from pipecat.workers.base_worker import BaseWorker
 from pipecat.workers.runner import WorkerRunner
 
 from gateway.pipeline import pipecatcompat
-from gateway.pipeline.pipecatcompat import ORIGINAL_COLLECTORS, cache_worker_handlers, flatten_worker_pipeline
-from gateway.pipeline.worker import SessionPipeline, SessionWorker
+from gateway.pipeline.pipecatcompat import (
+    ORIGINAL_COLLECTORS,
+    SessionPipeline,
+    cache_worker_handlers,
+    flatten_worker_pipeline,
+)
+from gateway.pipeline.worker import SessionWorker
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 # Pipecat's decorators are untyped; typed here so the handlers below stay typed.
@@ -175,3 +184,130 @@ def test_a_worker_of_another_shape_is_left_as_pipecat_built_it() -> None:
 
     assert not flatten_worker_pipeline(worker, SessionPipeline([FrameProcessor()]), SessionPipeline)
     assert worker._pipeline is before
+
+
+# --- direct mode, the worker's observers, sequential set-up, shared voice models ---------------------------
+
+
+class _Recorder(FrameProcessor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks: list[asyncio.Task[Any] | None] = []
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TextFrame):
+            self.tasks.append(asyncio.current_task())
+        await self.push_frame(frame, direction)
+
+
+class _Pusher(FrameProcessor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks: list[asyncio.Task[Any] | None] = []
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TextFrame):
+            self.tasks.append(asyncio.current_task())
+        await self.push_frame(frame, direction)
+
+
+async def test_enable_direct_mode_is_pipecats_direct_mode_frames_run_on_the_pushing_task() -> None:
+    assert FrameProcessor(enable_direct_mode=True)._enable_direct_mode is True, (
+        "FrameProcessor no longer keeps direct mode in _enable_direct_mode: "
+        "fix pipecatcompat.enable_direct_mode"
+    )
+    pusher, direct, queued = _Pusher(), _Recorder(), _Recorder()
+    pipecatcompat.enable_direct_mode(direct)
+    worker = PipelineWorker(
+        Pipeline([pusher, direct, queued]),
+        enable_rtvi=False,
+        idle_timeout_secs=None,
+        check_dangling_tasks=False,
+    )
+    runner = WorkerRunner(handle_sigint=False, check_dangling_tasks=False)
+    await runner.add_workers(worker)
+    run = asyncio.ensure_future(runner.run())
+    await worker.queue_frames([TextFrame("hello"), EndFrame()])
+    await asyncio.wait_for(run, 10)
+    assert direct.tasks == pusher.tasks, "a direct-mode processor must run on the task that pushed to it"
+    assert queued.tasks and queued.tasks[0] is not pusher.tasks[0], (
+        "without direct mode it has a task of its own"
+    )
+
+
+def test_a_workers_observers_are_where_the_seam_finds_them() -> None:
+    observer = BaseObserver()
+    worker = PipelineWorker(Pipeline([FrameProcessor()]), observers=[observer], idle_timeout_secs=None)
+    assert isinstance(pipecatcompat.worker_observer(worker), WorkerObserver)
+    assert observer in pipecatcompat.worker_observers(worker)
+    replacement = WorkerObserver(observers=[observer])
+    pipecatcompat.replace_worker_observer(worker, replacement)
+    assert pipecatcompat.worker_observer(worker) is replacement
+
+
+def test_the_pipeline_set_up_hooks_session_pipeline_overrides_are_still_pipecats() -> None:
+    for name, params in (
+        ("_setup_processors", ["processors", "setup"]),
+        ("_cleanup_processors", ["processors"]),
+    ):
+        method = getattr(Pipeline, name, None)
+        assert method is not None, f"Pipeline.{name} is gone: SessionPipeline overrides it"
+        assert list(inspect.signature(method).parameters)[1:] == params, (
+            f"Pipeline.{name} changed its signature"
+        )
+    assert callable(getattr(Pipeline, "_setup_processor", None)), "Pipeline._setup_processor is gone"
+    for name in ("_setup_started", "_setup_finished"):
+        assert callable(getattr(FrameProcessor, name, None)), f"FrameProcessor.{name} is gone"
+
+
+def _instance_attributes(init: Callable[..., Any]) -> set[str]:
+    """The ``self.<name> = …`` attributes a constructor assigns (read from its source)."""
+    import ast
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(init)))
+    return {
+        target.attr
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Assign, ast.AnnAssign))
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Attribute)
+        and isinstance(target.value, ast.Name)
+        and target.value.id == "self"
+    }
+
+
+@pytest.mark.parametrize(
+    ("stock", "ours"),
+    [
+        (SileroOnnxModel.__init__, pipecatcompat._SharedSessionSileroModel.__init__),
+        (SileroVADAnalyzer.__init__, pipecatcompat.SharedSileroVADAnalyzer.__init__),
+        (LocalSmartTurnAnalyzerV3.__init__, pipecatcompat.SharedSmartTurnAnalyzer.__init__),
+    ],
+    ids=["silero-model", "silero-vad", "smart-turn"],
+)
+def test_the_shared_voice_models_set_every_attribute_pipecats_constructors_set(
+    stock: Callable[..., Any], ours: Callable[..., Any]
+) -> None:
+    """They skip Pipecat's ``__init__`` (it opens an ONNX session): an attribute Pipecat's sets that
+    ours does not would be missing at the first frame."""
+    missing = _instance_attributes(stock) - _instance_attributes(ours)
+    assert not missing, f"{stock.__qualname__} now sets {sorted(missing)}: mirror them in pipecatcompat"
+
+
+def test_our_memory_service_sets_every_attribute_pipecats_constructor_sets() -> None:
+    """``GatewayMemoryService`` skips ``Mem0MemoryService.__init__`` (it builds a mem0 client per
+    instance) and sets what it would; Pipecat's ``get_memories``, ``_enhance_context_with_memories``
+    and friends read those attributes."""
+    from pipecat.services.mem0.memory import Mem0MemoryService
+
+    from memory.service import GatewayMemoryService
+
+    missing = _instance_attributes(Mem0MemoryService.__init__) - _instance_attributes(
+        GatewayMemoryService.__init__
+    )
+    assert not missing, (
+        f"Mem0MemoryService.__init__ now sets {sorted(missing)}: set them in memory/service.py"
+    )

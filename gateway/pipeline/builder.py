@@ -52,6 +52,7 @@ from gateway.pipeline.llm import (
     resolve_endpoint,
 )
 from gateway.pipeline.observers import SessionMetricsObserver, TurnEnd
+from gateway.pipeline.pipecatcompat import SessionPipeline, enable_direct_mode
 from gateway.pipeline.rtvi import DirectRTVIProcessor
 from gateway.pipeline.transport import (
     AiohttpWebsocketClient,
@@ -60,7 +61,7 @@ from gateway.pipeline.transport import (
     TransportHooks,
 )
 from gateway.pipeline.voice import Voice, VoiceModels
-from gateway.pipeline.worker import SessionPipeline, SessionWorker
+from gateway.pipeline.worker import SessionWorker
 from gateway.settings import Settings
 from gateway.tenants import TenantConfig
 from memory.conversation import ConversationStore
@@ -101,16 +102,6 @@ def _text_turns() -> UserTurnStrategies:
     )
 
 
-def _run_inline(*processors: FrameProcessor) -> None:
-    """Pipecat's direct mode for processors built by ``LLMContextAggregatorPair`` (which takes no
-    processor arguments): a frame is handled on the pushing task instead of through two queues and
-    two tasks of the processor's own. For processors that only update the context and pass frames on:
-    the assistant aggregator, and the user aggregator in text mode (with voice it runs turn-taking
-    timers around the VAD and keeps its queues). Must run before the pipeline is set up."""
-    for processor in processors:
-        processor._enable_direct_mode = True
-
-
 def build_pipeline(
     *,
     session_id: str,
@@ -132,7 +123,10 @@ def build_pipeline(
             user_turn_strategies=voice.turn_strategies or _text_turns(), vad_analyzer=voice.vad_analyzer
         ),
     )
-    _run_inline(aggregators.assistant(), *([] if voice.audio_in else [aggregators.user()]))
+    # Direct mode for processors that only update the context and pass frames on: the assistant
+    # aggregator, and the user aggregator in text mode (with voice it runs turn-taking timers around
+    # the VAD and keeps its queues).
+    enable_direct_mode(aggregators.assistant(), *([] if voice.audio_in else [aggregators.user()]))
     mem = tenant.memory
     memory = GatewayMemoryService(
         store=store,

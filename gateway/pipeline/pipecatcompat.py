@@ -21,17 +21,45 @@ a Pipecat upgrade moves or changes what it relies on.
   pipeline's processors directly: the same processors in the same order, linked the same way, minus
   the three that only passed frames on (≈8 % of a set-up's Python calls). Anything shaped otherwise
   (a bridged worker, a nested pipeline that is not a plain ``Pipeline``) is left as Pipecat built it.
+* **Direct mode for processors Pipecat builds itself** (``enable_direct_mode``): the aggregators of
+  ``LLMContextAggregatorPair`` take no processor arguments; ``FrameProcessor._enable_direct_mode`` is
+  what the constructor argument sets.
+* **The worker's observers** (``worker_observers``, ``replace_worker_observer``): ``PipelineWorker``
+  keeps them in ``_observer`` (a ``WorkerObserver``, its list in ``_observers``); a session's go behind
+  one ``ObserverHub`` (``gateway.pipeline.worker``).
+* **Processors set up one after another** (``SessionPipeline``): ``Pipeline._setup_processors`` /
+  ``_cleanup_processors`` gather a task per processor; ours loops, with Pipecat's own
+  ``_setup_processor`` and the processors' ``_setup_started`` / ``_setup_finished`` marks.
+* **Voice models shared by every session** (``SharedSileroVADAnalyzer``, ``SharedSmartTurnAnalyzer``):
+  Pipecat opens an ONNX session per analyzer in ``__init__``; these mirror its ``__init__`` (the
+  attributes it sets: ``_model``, ``_windows_since_reset``, ``_low_confidence_windows``, ``session``,
+  ``sample_rates``; ``_log_data``, ``_session``) around the process's one session.
+
+``tests/test_pipecat_compat.py`` checks each against the installed Pipecat (and ``tests/test_voice.py``
+that the shared analyzers score and predict as Pipecat's own do).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from onnxruntime import InferenceSession
+from pipecat.audio.turn.smart_turn.base_smart_turn import BaseSmartTurn
+from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
+from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
+from pipecat.observers.base_observer import BaseObserver
 from pipecat.pipeline import job_decorator, worker_ready_decorator
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineWorker
+from pipecat.pipeline.worker_observer import WorkerObserver
+from pipecat.processors.frame_processor import FrameProcessor, FrameProcessorSetup
 from pipecat.workers import base_worker
+
+from gateway.logging import get_logger
+
+log = get_logger(__name__)
 
 Collect = Callable[[Any], dict[str, Callable[..., Any]]]
 
@@ -115,3 +143,87 @@ def flatten_worker_pipeline(worker: PipelineWorker, pipeline: Pipeline, flat: ty
     inner = pipeline.processors[1:-1]  # without the given pipeline's own source and sink
     worker._pipeline = flat([*processors[1:-2], *inner], source=source, sink=sink)
     return True
+
+
+def enable_direct_mode(*processors: FrameProcessor) -> None:
+    """Pipecat's direct mode (frames handled on the pushing task, no queues or tasks of the
+    processor's own) for processors built without the constructor argument. Before set-up."""
+    for processor in processors:
+        processor._enable_direct_mode = True
+
+
+def worker_observers(worker: PipelineWorker) -> list[BaseObserver]:
+    """The observers ``worker`` was built with (RTVI's included), as its ``WorkerObserver`` holds them."""
+    return list(worker._observer._observers)
+
+
+def worker_observer(worker: PipelineWorker) -> WorkerObserver:
+    """What ``worker`` reports frames and events to."""
+    observer: WorkerObserver = worker._observer
+    return observer
+
+
+def replace_worker_observer(worker: PipelineWorker, observer: WorkerObserver) -> None:
+    """Have ``worker`` report to ``observer`` instead of the ``WorkerObserver`` it built. Before it runs."""
+    worker._observer = observer
+
+
+class SessionPipeline(Pipeline):
+    """A ``Pipeline`` that sets its processors up, and cleans them up, one after another.
+
+    Pipecat gives each processor's ``setup()`` and ``cleanup()`` a task of its own and gathers them,
+    so that one slow processor does not hold back the StartFrame at the others. A session's
+    processors do no I/O there (shared clients and models are built once per process), so the
+    ~twenty tasks per session buy nothing; the StartFrame is still held at each processor until
+    its own setup has returned, exactly as Pipecat does it.
+    """
+
+    async def _setup_processors(
+        self, processors: Sequence[FrameProcessor], setup: FrameProcessorSetup
+    ) -> None:
+        for processor in processors:
+            processor._setup_started()
+        for processor in processors:
+            await self._setup_processor(processor, setup)
+            processor._setup_finished()
+
+    async def _cleanup_processors(self, processors: Sequence[FrameProcessor]) -> None:
+        for processor in processors:
+            try:
+                await processor.cleanup()
+            except Exception:
+                log.exception("processor.cleanup_failed", processor=type(processor).__name__)
+
+
+class _SharedSessionSileroModel(SileroOnnxModel):
+    """Silero's per-stream recurrent state around the process's one ONNX session."""
+
+    def __init__(self, session: InferenceSession) -> None:
+        # Not super().__init__(): that opens a new InferenceSession, which is what we avoid.
+        self.session = session
+        self.sample_rates = [8000, 16000]
+        self.reset_states()
+
+
+class SharedSileroVADAnalyzer(SileroVADAnalyzer):
+    """``SileroVADAnalyzer`` whose model runs on a shared ONNX session (≈0.02 ms to build, not ≈70-90)."""
+
+    def __init__(
+        self, session: InferenceSession, *, sample_rate: int | None = None, params: VADParams | None = None
+    ) -> None:
+        # Mirrors SileroVADAnalyzer.__init__ minus the model load.
+        VADAnalyzer.__init__(self, sample_rate=sample_rate, params=params)
+        self._model = _SharedSessionSileroModel(session)
+        self._windows_since_reset = 0
+        self._low_confidence_windows = 0
+
+
+class SharedSmartTurnAnalyzer(LocalSmartTurnAnalyzerV3):
+    """``LocalSmartTurnAnalyzerV3`` on the session of an already loaded one (per-stream state is in
+    ``BaseSmartTurn``; the model call is stateless)."""
+
+    def __init__(self, loaded: LocalSmartTurnAnalyzerV3, **kwargs: Any) -> None:
+        # Mirrors LocalSmartTurnAnalyzerV3.__init__ minus the model load.
+        BaseSmartTurn.__init__(self, **kwargs)
+        self._log_data = loaded._log_data
+        self._session = loaded._session

@@ -270,7 +270,7 @@ class AiohttpWebsocketClient:
                 # aiohttp has already closed the socket with the error's code (1009 for an
                 # oversized message); ws.close_code would show the client's echo instead.
                 self._closing = True
-                self.close_code = msg.data.code if isinstance(msg.data, WebSocketError) else 1006
+                self.close_code = msg.data.code
                 reason = (
                     "message_too_big" if self.close_code == closecodes.MESSAGE_TOO_BIG else "protocol_error"
                 )
@@ -422,15 +422,8 @@ class AiohttpWebsocketInputTransport(BaseInputTransport):
     """The pipeline's side of the client's reader: ``deliver`` turns each frame the client read into
     the pushes Pipecat's input transports make. It reads nothing itself (``AiohttpWebsocketClient``)."""
 
-    def __init__(
-        self,
-        transport: BaseTransport,
-        client: AiohttpWebsocketClient,
-        params: AiohttpWebsocketParams,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, client: AiohttpWebsocketClient, params: AiohttpWebsocketParams, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
-        self._transport = transport
         self._client = client
         self._ws_params = params
         # Set once StartFrame has reached this processor: from then on it may push frames.
@@ -471,14 +464,12 @@ class AiohttpWebsocketInputTransport(BaseInputTransport):
 class AiohttpWebsocketOutputTransport(BaseOutputTransport):
     def __init__(
         self,
-        transport: BaseTransport,
         client: AiohttpWebsocketClient,
         params: AiohttpWebsocketParams,
         hooks: TransportHooks,
         **kwargs: Any,
     ) -> None:
         super().__init__(params, **kwargs)
-        self._transport = transport
         self._client = client
         self._ws_params = params
         self._hooks = hooks
@@ -587,8 +578,8 @@ class AiohttpWebsocketTransport(BaseTransport):
     ) -> None:
         super().__init__(input_name=input_name, output_name=output_name)
         self._client = client
-        self._input = AiohttpWebsocketInputTransport(self, client, params, name=self._input_name)
-        self._output = AiohttpWebsocketOutputTransport(self, client, params, hooks, name=self._output_name)
+        self._input = AiohttpWebsocketInputTransport(client, params, name=self._input_name)
+        self._output = AiohttpWebsocketOutputTransport(client, params, hooks, name=self._output_name)
 
     @property
     def client(self) -> AiohttpWebsocketClient:

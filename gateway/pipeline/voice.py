@@ -31,11 +31,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from importlib.resources import files
-from typing import Any
 
 from onnxruntime import InferenceSession
 from openai import DefaultAsyncHttpxClient
-from pipecat.audio.turn.smart_turn.base_smart_turn import BaseSmartTurn
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
@@ -51,6 +49,7 @@ from pipecat.turns.user_stop.turn_analyzer_user_turn_stop_strategy import TurnAn
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from gateway.logging import get_logger
+from gateway.pipeline.pipecatcompat import SharedSileroVADAnalyzer, SharedSmartTurnAnalyzer
 from gateway.tenants import STTSettings, TenantConfig, TTSSettings
 
 log = get_logger(__name__)
@@ -91,40 +90,6 @@ def resolve_api_key(part: str, settings: STTSettings | TTSSettings) -> str:
     if not key:
         raise VoiceNotConfigured(part, env_name)
     return key
-
-
-class _SharedSessionSileroModel(SileroOnnxModel):
-    """Silero's per-stream recurrent state around the process's one ONNX session."""
-
-    def __init__(self, session: InferenceSession) -> None:
-        # Not super().__init__(): that opens a new InferenceSession, which is what we avoid.
-        self.session = session
-        self.sample_rates = [8000, 16000]
-        self.reset_states()
-
-
-class SharedSileroVADAnalyzer(SileroVADAnalyzer):
-    """``SileroVADAnalyzer`` whose model runs on a shared ONNX session (≈0.02 ms to build, not ≈70-90)."""
-
-    def __init__(
-        self, session: InferenceSession, *, sample_rate: int | None = None, params: VADParams | None = None
-    ) -> None:
-        # Mirrors SileroVADAnalyzer.__init__ minus the model load; tests compare it with the stock one.
-        VADAnalyzer.__init__(self, sample_rate=sample_rate, params=params)
-        self._model = _SharedSessionSileroModel(session)
-        self._windows_since_reset = 0
-        self._low_confidence_windows = 0
-
-
-class SharedSmartTurnAnalyzer(LocalSmartTurnAnalyzerV3):
-    """``LocalSmartTurnAnalyzerV3`` on the session of an already loaded one (per-stream state is in
-    ``BaseSmartTurn``; the model call is stateless)."""
-
-    def __init__(self, loaded: LocalSmartTurnAnalyzerV3, **kwargs: Any) -> None:
-        # Mirrors LocalSmartTurnAnalyzerV3.__init__ minus the model load; tests compare it with the stock one.
-        BaseSmartTurn.__init__(self, **kwargs)
-        self._log_data = loaded._log_data
-        self._session = loaded._session
 
 
 class VoiceModels:

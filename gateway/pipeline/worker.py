@@ -2,29 +2,31 @@
 
 ``SessionWorker`` is a ``PipelineWorker`` whose observers sit behind one ``ObserverHub`` and whose
 ``SessionPipeline`` is flattened into the worker's own (``gateway.pipeline.pipecatcompat``); a
-``SessionPipeline`` sets its processors up one after another instead of a task each. What a session's
-pipeline holds is assembled in ``gateway.pipeline.builder``.
+``SessionPipeline`` (``gateway.pipeline.pipecatcompat``) sets its processors up one after another
+instead of a task each. What a session's pipeline holds is assembled in ``gateway.pipeline.builder``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Sequence
 from typing import Any, Literal
 
 from pipecat.observers.base_observer import BaseObserver, FrameProcessed, FramePushed, ProcessorSetUp
 from pipecat.pipeline.base_pipeline import BasePipeline
-from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineWorker
 from pipecat.pipeline.worker_observer import WorkerObserver
-from pipecat.processors.frame_processor import FrameProcessor, FrameProcessorSetup
 from pipecat.processors.frameworks.rtvi.observer import RTVIObserver
 from pipecat.utils.asyncio.task_manager import BaseTaskManager
 
 from gateway.logging import get_logger
 from gateway.pipeline.observers import SessionMetricsObserver
-from gateway.pipeline.pipecatcompat import flatten_worker_pipeline
+from gateway.pipeline.pipecatcompat import (
+    SessionPipeline,
+    flatten_worker_pipeline,
+    replace_worker_observer,
+    worker_observers,
+)
 
 log = get_logger(__name__)
 
@@ -75,11 +77,9 @@ class ObserverHub(WorkerObserver):
         self._index()
 
     @classmethod
-    def replacing(
-        cls, worker_observer: WorkerObserver, inline: tuple[type[BaseObserver], ...] = ()
-    ) -> ObserverHub:
+    def replacing(cls, worker: PipelineWorker, inline: tuple[type[BaseObserver], ...] = ()) -> ObserverHub:
         """A hub for the observers ``PipelineWorker`` handed its own ``WorkerObserver`` (RTVI's too)."""
-        return cls(observers=list(worker_observer._observers), inline=inline)
+        return cls(observers=worker_observers(worker), inline=inline)
 
     def _index(self) -> None:
         self._listeners = {
@@ -174,33 +174,6 @@ async def _notify(observer: BaseObserver, event: _Event, data: Any) -> None:
         log.exception("observer.failed", observer=type(observer).__name__)
 
 
-class SessionPipeline(Pipeline):
-    """A ``Pipeline`` that sets its processors up, and cleans them up, one after another.
-
-    Pipecat gives each processor's ``setup()`` and ``cleanup()`` a task of its own and gathers them,
-    so that one slow processor does not hold back the StartFrame at the others. A session's
-    processors do no I/O there (shared clients and models are built once per process), so the
-    ~twenty tasks per session buy nothing; the StartFrame is still held at each processor until
-    its own setup has returned, exactly as Pipecat does it.
-    """
-
-    async def _setup_processors(
-        self, processors: Sequence[FrameProcessor], setup: FrameProcessorSetup
-    ) -> None:
-        for processor in processors:
-            processor._setup_started()
-        for processor in processors:
-            await self._setup_processor(processor, setup)
-            processor._setup_finished()
-
-    async def _cleanup_processors(self, processors: Sequence[FrameProcessor]) -> None:
-        for processor in processors:
-            try:
-                await processor.cleanup()
-            except Exception:
-                log.exception("processor.cleanup_failed", processor=type(processor).__name__)
-
-
 # Observers a session's hub calls on the pushing task (``ObserverHub``): they only read the frame and
 # write a client message (RTVI's) or update a metric (ours), never wait.
 INLINE_OBSERVERS: tuple[type[BaseObserver], ...] = (RTVIObserver, SessionMetricsObserver)
@@ -213,6 +186,6 @@ class SessionWorker(PipelineWorker):
 
     def __init__(self, pipeline: BasePipeline, **kwargs: Any) -> None:
         super().__init__(pipeline, **kwargs)
-        self._observer = ObserverHub.replacing(self._observer, inline=INLINE_OBSERVERS)
+        replace_worker_observer(self, ObserverHub.replacing(self, inline=INLINE_OBSERVERS))
         if isinstance(pipeline, SessionPipeline):
             flatten_worker_pipeline(self, pipeline, SessionPipeline)

@@ -396,7 +396,7 @@ def _erase_local(client: Memory, filters: dict[str, str], tenant: str, batch: in
             for statement, params in db.erase_statements(deleted, filters):
                 conn.execute(statement, params)
     if not isinstance(db, mem0compat.PgHistory) and db is not None:
-        _purge_sqlite_history(db, filters)
+        mem0compat.purge_sqlite_history(db, filters)
     return len(deleted)
 
 
@@ -432,20 +432,6 @@ def _erase_final(
         # The payload names the tenant and the tombstone's id: nothing about the person.
         conn.execute("SELECT pg_notify(%s, %s)", (ERASURE_CHANNEL, f"{tenant}\t{row[0]}"))
     return late
-
-
-def _purge_sqlite_history(db: Any, filters: dict[str, str]) -> None:
-    """A tenant that set its own ``history_db_path`` keeps mem0's SQLite; purge it as before."""
-    # mem0's message log is keyed "agent_id=…&run_id=…&user_id=…"; a row is this scope's when it
-    # carries every one of the scope's IDs.
-    tokens = [f"&{key}={mem0compat.escape_scope_value(value)}&" for key, value in sorted(filters.items())]
-    match = " AND ".join(["instr('&' || session_scope || '&', ?) > 0"] * len(tokens))
-    with db._lock:
-        db.connection.execute(
-            "DELETE FROM history WHERE memory_id IN (SELECT memory_id FROM history WHERE event = 'DELETE')"
-        )
-        db.connection.execute(f"DELETE FROM messages WHERE {match}", tokens)
-        db.connection.commit()
 
 
 @dataclass
@@ -642,7 +628,8 @@ class MemoryBackends:
             kind = str(config.vector_store.provider)
             client = await self._run(lambda: Memory(config))
             store = client.vector_store
-            await self._run(store._ensure_collection)
+            if isinstance(store, mem0compat.PGVectorBase):
+                await self._run(store.ensure_collection)
             if "history_db_path" not in settings.local_config:
                 local, hpool = client, pool
                 await self._run(lambda: mem0compat.install_history(local, hpool, table_name(tenant)))

@@ -332,6 +332,9 @@ IDEMPOTENCY_KEY = "idempotency_key"
 # each row of the batch then gets the key ``<key>:<n>``.
 FAN_OUT = "idempotency_fan_out"
 
+# Erasure tombstones: every insert checks them (``IndexedPGVector.insert``); ``memory.local`` writes one
+# and notifies this channel, every process listens (``memory.backends``).
+ERASURE_CHANNEL = "gateway_erasure"
 ERASURES_DDL = (
     "CREATE TABLE IF NOT EXISTS gateway_erasures (id BIGSERIAL PRIMARY KEY, tenant TEXT NOT NULL,"
     " collection TEXT NOT NULL, scope JSONB NOT NULL, erased_at TIMESTAMPTZ NOT NULL DEFAULT now())",

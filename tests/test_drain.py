@@ -12,7 +12,7 @@ import aiohttp
 import psycopg
 import pytest
 
-from memory.backends import table_name
+from memory.local import table_name
 from tests.clients import refusal_code, rtvi_client
 from tests.conftest import unique
 from tests.fake_llm import FakeLLM

@@ -24,8 +24,9 @@ from mem0.memory.storage import SQLiteManager
 from mem0.vector_stores.pgvector import PGVector
 
 from memory import embedder, mem0compat, pgvector
-from memory.backends import MemoryBackends, table_name
+from memory.backends import MemoryBackends
 from memory.config import MemorySettings
+from memory.local import table_name
 from memory.mem0compat import DB_METHODS, PgHistory, history_tables
 from memory.scope import MemoryScope
 from tests.conftest import unique

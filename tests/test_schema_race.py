@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from memory import pgvector
-from memory.backends import table_name
+from memory.local import table_name
 from memory.postgres import prepare_database
 from tests.fake_llm import FakeLLM
 from tests.procs import Cluster, fresh_database, replicas

@@ -7,7 +7,7 @@ import asyncio
 import psycopg
 
 from gateway.keys import registry_key
-from memory.backends import table_name
+from memory.local import table_name
 from tests.conftest import RunningGateway
 
 

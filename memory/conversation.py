@@ -21,9 +21,9 @@ from typing import Any
 
 from pipecat.processors.aggregators.llm_context import LLMContext, LLMSpecificMessage
 
-from memory.backends import TenantMemory
 from memory.outbox import OutboxEntry
 from memory.scope import MemoryScope
+from memory.tenant import TenantMemory
 
 STORED_ROLES = ("user", "assistant")
 

@@ -15,8 +15,9 @@ import numpy as np
 from mem0.configs.embeddings.base import BaseEmbedderConfig
 from mem0.embeddings.base import EmbeddingBase
 from mem0.embeddings.configs import EmbedderConfig
-from mem0.utils.factory import EmbedderFactory
 from pydantic import field_validator
+
+from memory import mem0compat
 
 PROVIDER = "wordllama"
 DIMENSIONS = 256
@@ -80,7 +81,7 @@ class WordLlamaEmbedderConfig(EmbedderConfig):
 
 def register() -> None:
     """Make ``EmbedderFactory`` able to build our provider (idempotent)."""
-    EmbedderFactory.provider_to_class[PROVIDER] = f"{__name__}.WordLlamaEmbedding"
+    mem0compat.register_embedder(PROVIDER, WordLlamaEmbedding)
 
 
 def embedder_config(model: Any) -> WordLlamaEmbedderConfig:

@@ -1,22 +1,35 @@
-"""mem0's history and message log in PostgreSQL instead of a per-process SQLite file.
+"""The project's seam to mem0's private parts, and mem0's history and message log in PostgreSQL.
 
-mem0's ``Memory`` keeps two tables besides the vector store: ``history`` (every ADD/UPDATE/DELETE with
-the old and new text — a DELETE keeps the erased text as ``old_memory``) and ``messages`` (the last
-messages per scope, which ``infer=True`` feeds back to its LLM). Both live in ``Memory.db``, a
-``mem0.memory.storage.SQLiteManager`` on local disk: one file per process, which an erasure through
-another replica cannot reach. Here ``Memory.db`` is replaced by ``PgHistory``, the same methods over
-two tables per tenant in the tenant's PostgreSQL (``<table>_history``, ``<table>_messages``), shared by
-every replica, so ``forget`` removes the text once for everyone.
+Every use of a mem0 name it does not offer publicly is here; ``tests/test_mem0_compat.py`` runs each
+against the installed mem0 and fails with the name of what moved, so an upgrade is one test run:
+
+* ``Memory.db`` (mem0's SQLite history) is replaced by ``PgHistory``, which must offer every method
+  mem0 calls on it, with mem0's signatures (below).
+* ``PGVectorBase``: mem0's ``PGVector`` takes each statement's cursor from its private
+  ``_get_cursor`` and runs its private ``_ensure_collection`` (guarded by ``_collection_ensured``)
+  first. ``memory.pgvector.IndexedPGVector`` changes both; here they are renamed into methods of our
+  own (``cursor``, ``ensure_collection``, ``collection_ensured``).
+* ``register_vector_store`` / ``register_embedder``: mem0 2.2 offers a public ``register_provider``
+  on ``LlmFactory`` only; for stores and embedders this writes into the factories' ``provider_to_class``.
+* ``purge_sqlite_history``: a tenant that keeps mem0's SQLite history (its own ``history_db_path``) is
+  purged on erasure under ``SQLiteManager``'s private ``_lock``, with SQL on its tables.
+* ``payload_is_expired`` and ``build_filter_conditions`` re-export mem0's private helpers, so listings
+  on the event loop decide expiry and build filters exactly as mem0 does; ``_escape_scope_value`` keys
+  the message log.
+
+**History in PostgreSQL.** mem0's ``Memory`` keeps two tables besides the vector store: ``history``
+(every ADD/UPDATE/DELETE with the old and new text — a DELETE keeps the erased text as
+``old_memory``) and ``messages`` (the last messages per scope, which ``infer=True`` feeds back to its
+LLM). Both live in ``Memory.db``, a ``mem0.memory.storage.SQLiteManager`` on local disk: one file per
+process, which an erasure through another replica cannot reach. Here ``Memory.db`` is replaced by
+``PgHistory``, the same methods over two tables per tenant in the tenant's PostgreSQL
+(``<table>_history``, ``<table>_messages``), shared by every replica, so ``forget`` removes the text
+once for everyone.
 
 A write that an erasure overtook (a session that started before the erasure, its turn landing after
 it) must not leave its text here either: ``memory.pgvector`` refuses its row, and ``PgHistory`` then
 skips the ``ADD`` history of a memory whose row is not in the table, and the message log of a scope
 erased since the writing session started (``writing()`` tells it that session's start and IDs).
-
-This is the project's seam to mem0's private parts: ``Memory.db`` (replaced here), and the private
-helpers other modules use are imported from here (``escape_scope_value``, ``payload_is_expired``,
-``build_filter_conditions``). ``tests/test_mem0_compat.py`` fails loudly if mem0 starts calling a ``db``
-method ``PgHistory`` lacks, changes a signature, or drops one of those helpers.
 """
 
 from __future__ import annotations
@@ -25,13 +38,16 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from mem0 import Memory
+from mem0.embeddings.base import EmbeddingBase
 from mem0.memory.main import _escape_scope_value, _payload_is_expired
-from mem0.vector_stores.pgvector import _build_filter_conditions
+from mem0.memory.storage import SQLiteManager
+from mem0.utils.factory import EmbedderFactory, VectorStoreFactory
+from mem0.vector_stores.pgvector import PGVector, _build_filter_conditions
 from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
@@ -39,7 +55,6 @@ from psycopg_pool import ConnectionPool
 T = TypeVar("T")
 
 # mem0 private helpers, re-exported so that no other module imports a mem0 ``_name`` (contract-tested).
-escape_scope_value: Callable[[Any], str] = _escape_scope_value
 payload_is_expired: Callable[..., bool] = _payload_is_expired
 build_filter_conditions: Callable[..., tuple[list[str], list[Any]]] = _build_filter_conditions
 
@@ -73,6 +88,90 @@ def writing(session_start: str, ids: dict[str, str]) -> Iterator[None]:
 def run_writing(session_start: str, ids: dict[str, str], fn: Callable[[], T]) -> T:
     with writing(session_start, ids):
         return fn()
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register_vector_store(provider: str, store: type[PGVector]) -> None:
+    """Have mem0 build ``store`` for ``provider`` (process-wide, idempotent)."""
+    VectorStoreFactory.provider_to_class[provider] = _class_path(store)
+
+
+def register_embedder(provider: str, embedder: type[EmbeddingBase]) -> None:
+    """Have mem0 build ``embedder`` for ``provider`` (process-wide, idempotent).
+
+    mem0's ``EmbedderConfig`` still refuses names it does not know: configure the provider with a
+    subclass of it (``memory.embedder.WordLlamaEmbedderConfig``).
+    """
+    EmbedderFactory.provider_to_class[provider] = _class_path(embedder)
+
+
+class PGVectorBase(PGVector):
+    """mem0's ``PGVector``, with the private hooks its methods run through renamed into our own API.
+
+    Every statement of mem0's takes its cursor from ``cursor`` and first runs ``ensure_collection``;
+    a subclass overrides those, and reaches mem0's own through ``mem0_cursor`` and
+    ``mem0_ensure_collection``.
+    """
+
+    @property
+    def collection_ensured(self) -> bool:
+        """Whether this instance has made sure its table exists (mem0 checks it before each call)."""
+        ensured: bool = self._collection_ensured
+        return ensured
+
+    @collection_ensured.setter
+    def collection_ensured(self, value: bool) -> None:
+        self._collection_ensured = value
+
+    def table(self) -> sql.Identifier:
+        """The collection's table, quoted."""
+        return sql.Identifier(self.collection_name)
+
+    def mem0_cursor(self, commit: bool = False) -> AbstractContextManager[Any]:
+        """mem0's cursor: a pooled connection's, committed at the end when ``commit``, else rolled back
+        on error."""
+        return PGVector._get_cursor(self, commit)
+
+    def mem0_ensure_collection(self) -> None:
+        """mem0's check: list the tables, create ours if missing, then mark this instance ensured."""
+        PGVector._ensure_collection(self)
+
+    def cursor(self, commit: bool = False) -> AbstractContextManager[Any]:
+        """The cursor each statement runs on, mem0's included."""
+        return self.mem0_cursor(commit)
+
+    def ensure_collection(self) -> None:
+        """What runs before each statement, mem0's included."""
+        self.mem0_ensure_collection()
+
+    def _get_cursor(self, commit: bool = False) -> AbstractContextManager[Any]:
+        return self.cursor(commit)
+
+    def _ensure_collection(self) -> None:
+        self.ensure_collection()
+
+
+def purge_sqlite_history(db: SQLiteManager, filters: dict[str, str]) -> None:
+    """Erase a scope from mem0's own SQLite history and message log (a tenant's ``history_db_path``):
+    the history of every deleted memory, and the scope's messages."""
+    # mem0's message log is keyed "agent_id=…&run_id=…&user_id=…"; a row is this scope's when it
+    # carries every one of the scope's IDs.
+    tokens = _scope_tokens(filters)
+    match = " AND ".join(["instr('&' || session_scope || '&', ?) > 0"] * len(tokens))
+    with db._lock:
+        db.connection.execute(
+            "DELETE FROM history WHERE memory_id IN (SELECT memory_id FROM history WHERE event = 'DELETE')"
+        )
+        db.connection.execute(f"DELETE FROM messages WHERE {match}", tokens)
+        db.connection.commit()
+
+
+def _scope_tokens(filters: dict[str, str]) -> list[str]:
+    """``&key=value&`` for each of the scope's IDs, escaped as mem0 escapes its message-log keys."""
+    return [f"&{key}={_escape_scope_value(value)}&" for key, value in sorted(filters.items())]
 
 
 def history_tables(collection: str) -> tuple[str, str]:
@@ -261,7 +360,7 @@ class PgHistory:
         before — any history of a memory that has been deleted. Message-log rows are keyed
         ``agent_id=…&run_id=…&user_id=…``; a row is the scope's when it carries every scope ID.
         """
-        tokens = [f"&{key}={_escape_scope_value(value)}&" for key, value in sorted(filters.items())]
+        tokens = _scope_tokens(filters)
         match = " AND ".join(["strpos('&' || session_scope || '&', %s) > 0"] * len(tokens))
         return [
             (

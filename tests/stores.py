@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from memory.backends import table_name
+from memory.local import table_name
 from memory.mem0compat import history_tables
 
 

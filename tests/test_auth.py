@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway import closecodes
 from gateway.keys import tenants_key
 from gateway.tenants import hash_key, new_key
 from tests.clients import refusal_code
@@ -83,7 +84,7 @@ async def _connect_with_origin(gateway: RunningGateway, origin: str | None) -> i
 async def test_browser_from_an_origin_outside_the_allowlist_is_closed_with_4003(
     strict_origins: RunningGateway, origin: str
 ) -> None:
-    assert await _connect_with_origin(strict_origins, origin) == 4003
+    assert await _connect_with_origin(strict_origins, origin) == closecodes.FORBIDDEN
     assert (
         strict_origins.sample(
             "gateway_rejections_total", tenant=strict_origins.tenant, reason="origin_not_allowed"
@@ -97,7 +98,7 @@ async def test_allowed_origins_and_non_browser_clients_connect(
     strict_origins: RunningGateway, origin: str | None
 ) -> None:
     code = await _connect_with_origin(strict_origins, origin)
-    assert code not in (4003, None)  # the first message arrived: the session is open
+    assert code not in (closecodes.FORBIDDEN, None)  # the first message arrived: the session is open
 
 
 async def test_start_is_rate_limited_per_tenant_with_retry_after(make_gateway: GatewayFactory) -> None:
@@ -133,5 +134,5 @@ async def test_session_limit_frees_up_when_a_session_ends(make_gateway: GatewayF
 async def test_a_refused_websocket_gets_a_generic_close_reason(gateway: RunningGateway) -> None:
     async with gateway.http.ws_connect(f"{gateway.url}/ws-client/garbage.token.here") as ws:
         msg = await ws.receive(timeout=5)
-    assert (ws.close_code, msg.extra) == (4001, "invalid, expired or reused token")
-    assert await refusal_code(gateway.http, f"{gateway.url}/ws?token=") == 4001
+    assert (ws.close_code, msg.extra) == (closecodes.BAD_TOKEN, "invalid, expired or reused token")
+    assert await refusal_code(gateway.http, f"{gateway.url}/ws?token=") == closecodes.BAD_TOKEN

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from gateway import closecodes
 from tests.clients import refusal_code, rtvi_client
 from tests.conftest import GatewayFactory, RunningGateway, unique
 
@@ -56,8 +57,8 @@ async def _close_code(gateway: RunningGateway, url: str) -> int | None:
 
 
 async def test_garbage_token_is_closed_with_4001(gateway: RunningGateway) -> None:
-    assert await _close_code(gateway, f"{gateway.url}/ws-client/not.a.token") == 4001
-    assert await _close_code(gateway, f"{gateway.url}/ws?token=") == 4001
+    assert await _close_code(gateway, f"{gateway.url}/ws-client/not.a.token") == closecodes.BAD_TOKEN
+    assert await _close_code(gateway, f"{gateway.url}/ws?token=") == closecodes.BAD_TOKEN
     assert gateway.sample("gateway_rejections_total", tenant="unknown", reason="bad_token") == 2
 
 
@@ -66,7 +67,7 @@ async def test_reused_token_is_closed_with_4001(gateway: RunningGateway) -> None
     url = (await resp.json())["wsUrl"]
     first = await rtvi_client(await gateway.http.ws_connect(url))
     await first.bot_turn()
-    assert await _close_code(gateway, url) == 4001
+    assert await _close_code(gateway, url) == closecodes.BAD_TOKEN
     await first.ws.close()
 
 
@@ -75,7 +76,7 @@ async def test_expired_token_is_closed_with_4001(make_gateway: GatewayFactory) -
     resp = await gateway.start(user_id="u1")
     url = (await resp.json())["wsUrl"]
     await asyncio.sleep(0.4)
-    assert await _close_code(gateway, url) == 4001
+    assert await _close_code(gateway, url) == closecodes.BAD_TOKEN
 
 
 async def test_oversized_message_is_closed_with_1009(make_gateway: GatewayFactory) -> None:
@@ -83,7 +84,7 @@ async def test_oversized_message_is_closed_with_1009(make_gateway: GatewayFactor
     client = await gateway.connect(user_id="u1")
     await client.bot_turn()
     await client.ws.send_str("x" * 4096)
-    assert await client.closed() == 1009
+    assert await client.closed() == closecodes.MESSAGE_TOO_BIG
     await gateway.settle()
     assert gateway.sample("gateway_sessions_total", tenant=gateway.tenant, outcome="client_error") == 1
     assert gateway.sample("gateway_rejections_total", tenant=gateway.tenant, reason="message_too_big") == 1
@@ -116,7 +117,7 @@ async def test_repeated_garbage_is_closed_with_1007(make_gateway: GatewayFactory
     await client.bot_turn()
     for _ in range(3):
         await client.ws.send_str("garbage")
-    assert await client.closed() == 1007
+    assert await client.closed() == closecodes.INVALID_PAYLOAD
     assert [m["type"] for m in client.received].count("error") >= 2
 
 
@@ -159,7 +160,7 @@ async def test_token_from_another_replica_gets_4029_at_a_full_one(make_gateway: 
     minted_on_a = await replica_a.start(user_id="second", serializer="rtvi")
     ws_url = (await minted_on_a.json())["wsUrl"]
     url = ws_url.replace(replica_a.url.removeprefix("http"), replica_b.url.removeprefix("http"))
-    assert await _close_code(replica_b, url) == 4029
+    assert await _close_code(replica_b, url) == closecodes.TOO_MANY_SESSIONS
     assert replica_b.sample("gateway_rejections_total", tenant=name, reason="session_limit") == 1
 
 

@@ -12,7 +12,8 @@ import aiohttp
 import psycopg
 import pytest
 
-from memory.backends import table_name
+from gateway import closecodes
+from memory.local import table_name
 from tests.clients import refusal_code, rtvi_client
 from tests.conftest import unique
 from tests.fake_llm import FakeLLM
@@ -71,14 +72,14 @@ async def test_sigterm_gives_live_sessions_the_drain_time_a_farewell_and_1001_an
                             break
                     await asyncio.sleep(0.05)
             assert (await _start(http, gateway.url, key, "newcomer")).status == 503
-            assert await refusal_code(http, unused) == 1001
+            assert await refusal_code(http, unused) == closecodes.GOING_AWAY
             # Still live and talking during the drain time.
             assert await clients[0].say("one more thing") == "I heard: one more thing"
 
             farewells = await asyncio.gather(*(c.bot_turn(timeout=15) for c in clients))
             assert farewells == [FAREWELL] * 20
             codes = await asyncio.gather(*(c.closed(timeout=15) for c in clients))
-            assert codes == [1001] * 20
+            assert codes == [closecodes.GOING_AWAY] * 20
             assert await asyncio.wait_for(gateway.proc.wait(), 30) == 0, gateway.log()
         finally:
             await gateway.kill()
@@ -117,7 +118,7 @@ async def test_a_second_sigterm_ends_the_drain_at_once(
                 while (await http.get(f"{gateway.url}/readyz")).status != 503:
                     await asyncio.sleep(0.05)
             gateway.proc.send_signal(signal.SIGTERM)
-            assert await client.closed(timeout=15) == 1001
+            assert await client.closed(timeout=15) == closecodes.GOING_AWAY
             assert await asyncio.wait_for(gateway.proc.wait(), 30) == 1, gateway.log()
         finally:
             await gateway.kill()

@@ -18,7 +18,7 @@ import aiohttp
 import psycopg
 import pytest
 
-from memory.backends import table_name
+from memory.local import table_name
 from tests.conftest import unique
 from tests.fake_llm import FakeLLM
 from tests.procs import Cluster, GatewayProcess, StoppablePostgres, greeted_session, replicas

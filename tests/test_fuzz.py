@@ -42,6 +42,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from pipecat.frames.protobufs import frames_pb2
 
+from gateway import closecodes
 from tests.clients import LABEL, WireClient, rtvi, send_text
 from tests.conftest import GatewayFactory, RunningGateway
 
@@ -797,7 +798,7 @@ async def test_abusive_clients_are_closed_with_documented_codes_and_others_keep_
     await spammer.bot_turn()
     for payload in garbage:
         await send_raw(spammer, payload.wire)
-    assert await spammer.closed() == 1007, garbage
+    assert await spammer.closed() == closecodes.INVALID_PAYLOAD, garbage
     errors = [m for m in spammer.received if m.get("type") == "error"]
     assert errors and all(is_undecodable_error(m) and m["data"]["fatal"] is False for m in errors)
     assert len(errors) <= allowance
@@ -806,7 +807,7 @@ async def test_abusive_clients_are_closed_with_documented_codes_and_others_keep_
     bigmouth = await gateway.connect(serializer=serializer, user_id="bigmouth")
     await bigmouth.bot_turn()
     await bigmouth.send(send_text(chunk * (limit // len(chunk.encode()) + 1)))
-    assert await bigmouth.closed() == 1009
+    assert await bigmouth.closed() == closecodes.MESSAGE_TOO_BIG
 
     assert await bystander.say("are you still with me?") == "I heard: are you still with me?"
     assert not [m for m in bystander.received if m.get("type") in ("error", "error-response")]

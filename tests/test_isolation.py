@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from gateway.keys import backends_key, settings_key
-from memory.backends import table_name
+from memory.local import table_name
 from memory.mem0compat import history_tables
 from tests.conftest import GatewayFactory, RunningGateway, unique
 from tests.fake_llm import FakeLLM

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
+from memory.backends import BACKENDS
+from memory.config import MemorySettings
+from memory.tenant import TenantMemory
 from tests.conftest import GatewayFactory, unique
 from tests.fake_llm import FakeLLM
 
@@ -69,3 +73,10 @@ async def test_local_config_sections_are_merged_into_the_tenants_mem0_config(
     await client.ws.close()
     await gateway.settle()
     assert history.exists() and history.stat().st_size > 0
+
+
+def test_every_backend_a_tenant_may_name_is_a_complete_tenantmemory_class() -> None:
+    names = set(get_args(MemorySettings.model_fields["backend"].annotation))
+    assert names == set(BACKENDS), "memory.config's backend names and memory.backends.BACKENDS differ"
+    for name, kind in BACKENDS.items():
+        assert issubclass(kind, TenantMemory) and not inspect.isabstract(kind), name

@@ -60,13 +60,13 @@ def seeded(database_url: str) -> Iterator[tuple[IndexedPGVector, dict[str, list[
             )
     # Bulk-load, then build the HNSW index in one go (as a restored production table would have it);
     # building it row by row would make this fixture 5x slower without testing anything more.
-    store._ensure_collection()
+    store.ensure_collection()
     hnsw = f'"{store.collection_name}_hnsw_idx"'
-    with store._get_cursor(commit=True) as cur:
+    with store.cursor(commit=True) as cur:
         cur.execute(f"DROP INDEX {hnsw}")
     for start in range(0, len(ids), 2000):
         store.insert(vectors[start : start + 2000], payloads[start : start + 2000], ids[start : start + 2000])
-    with store._get_cursor(commit=True) as cur:
+    with store.cursor(commit=True) as cur:
         cur.execute(f'CREATE INDEX {hnsw} ON "{store.collection_name}" USING hnsw (vector vector_cosine_ops)')
         cur.execute(f'ANALYZE "{store.collection_name}"')
     yield store, rows
@@ -168,7 +168,7 @@ def chatty_user(database_url: str) -> Iterator[tuple[IndexedPGVector, str]]:
         for k in range(n)
     ]
     store.insert([vector] * len(payloads), payloads, [str(uuid.uuid4()) for _ in payloads])
-    with store._get_cursor(commit=True) as cur:
+    with store.cursor(commit=True) as cur:
         cur.execute(f'ANALYZE "{store.collection_name}"')
     yield store, "t/chatty"
     store.delete_col()
@@ -180,8 +180,8 @@ def test_greeting_listing_walks_the_role_recency_index(chatty_user: Any) -> None
     sort (the plan PostgreSQL picks without an index covering ``role``)."""
     store, user = chatty_user
     filters = {"user_id": user, "role": "user"}
-    statement, params = pgvector._newest_first(store._col(), filters, 3, unexpired=True)
-    with store._get_cursor() as cur:
+    statement, params = pgvector._newest_first(store.table(), filters, 3, unexpired=True)
+    with store.cursor() as cur:
         cur.execute(sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + statement, params)
         ((plan,),) = cur.fetchall()
     leaf = _plan_leaf(plan[0]["Plan"])
@@ -194,10 +194,10 @@ def test_greeting_listing_walks_the_role_recency_index(chatty_user: Any) -> None
 def test_a_table_from_an_earlier_version_gets_the_missing_indexes(chatty_user: Any) -> None:
     store, _ = chatty_user
     index = f"{store.collection_name}_user_role_recent_idx"
-    with store._get_cursor(commit=True) as cur:
+    with store.cursor(commit=True) as cur:
         cur.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(index)))
     reopened = _open_store(store.collection_name, store.connection_pool, 8)
-    reopened._ensure_collection()
-    with store._get_cursor() as cur:
+    reopened.ensure_collection()
+    with store.cursor() as cur:
         cur.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s", (store.collection_name,))
         assert index in {name for (name,) in cur.fetchall()}

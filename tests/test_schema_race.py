@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from memory import pgvector
-from memory.backends import table_name
+from memory.local import table_name
 from memory.postgres import prepare_database
 from tests.fake_llm import FakeLLM
 from tests.procs import Cluster, fresh_database, replicas
@@ -123,7 +123,7 @@ def test_many_stores_ensuring_the_same_new_table_at_once_build_it_once(database_
                 hnsw=True,
                 connection_pool=pool,
             )
-            store._ensure_collection()
+            store.ensure_collection()
 
         assert _at_once(8, ensure) == []
     finally:

@@ -6,8 +6,9 @@ import asyncio
 
 import psycopg
 
+from gateway import closecodes
 from gateway.keys import registry_key
-from memory.backends import table_name
+from memory.local import table_name
 from tests.conftest import RunningGateway
 
 
@@ -21,7 +22,7 @@ async def test_shutdown_closes_live_sessions_with_1001_and_keeps_their_words(
     )
 
     shutdown = asyncio.create_task(gateway.server.close())  # the client keeps reading meanwhile
-    assert await client.closed() == 1001
+    assert await client.closed() == closecodes.GOING_AWAY
     await shutdown
     assert gateway.sample("gateway_sessions_total", tenant=gateway.tenant, outcome="shutdown") == 1
     with psycopg.connect(database_url) as conn:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gateway import closecodes
 from gateway.app import create_app
 from gateway.cli import main
 from gateway.keys import settings_key
@@ -74,7 +75,7 @@ async def test_disabling_a_tenant_refuses_new_sessions_but_keeps_live_ones(
     await _reloaded(watched, 1)
 
     assert (await watched.start(user_id="later-user")).status == 403
-    assert await refusal_code(watched.http, (await minted.json())["wsUrl"]) == 4003
+    assert await refusal_code(watched.http, (await minted.json())["wsUrl"]) == closecodes.FORBIDDEN
     assert await live.say("are you still there?") == "I heard: are you still there?"
 
     assert _cli(watched, "tenants", "enable", watched.tenant) == 0

@@ -16,6 +16,7 @@ from typing import Any
 import jwt
 import pytest
 
+from gateway import closecodes
 from tests.clients import refusal_code
 from tests.conftest import GatewayFactory, RunningGateway, unique
 
@@ -96,13 +97,19 @@ def _assert_refused_without_a_session(
 @pytest.mark.parametrize("forge", FORGERIES.values(), ids=FORGERIES.keys())
 async def test_forged_token_is_closed_with_4001(gateway: RunningGateway, forge: Callable[[str], str]) -> None:
     forged = forge(await _token(gateway, user_id="victim-user"))
-    assert await refusal_code(gateway.http, f"{gateway.url}/ws-client/{forged}?serializer=rtvi") == 4001
+    assert (
+        await refusal_code(gateway.http, f"{gateway.url}/ws-client/{forged}?serializer=rtvi")
+        == closecodes.BAD_TOKEN
+    )
     _assert_refused_without_a_session(gateway, 1)
 
 
 async def test_forged_token_does_not_spend_the_genuine_one(gateway: RunningGateway) -> None:
     genuine = await _token(gateway, user_id="victim-user")
-    assert await refusal_code(gateway.http, f"{gateway.url}/ws-client/{altered_user(genuine)}") == 4001
+    assert (
+        await refusal_code(gateway.http, f"{gateway.url}/ws-client/{altered_user(genuine)}")
+        == closecodes.BAD_TOKEN
+    )
 
     client = await gateway.http.ws_connect(f"{gateway.url}/ws-client/{genuine}?serializer=rtvi")
     msg = await client.receive(timeout=10)
@@ -114,7 +121,7 @@ async def test_expired_token_is_closed_with_4001(make_gateway: GatewayFactory) -
     gateway = await make_gateway(token_ttl_secs=0.05)
     token = await _token(gateway, user_id="late-user")
     await asyncio.sleep(0.2)
-    assert await refusal_code(gateway.http, f"{gateway.url}/ws-client/{token}") == 4001
+    assert await refusal_code(gateway.http, f"{gateway.url}/ws-client/{token}") == closecodes.BAD_TOKEN
     # Validly signed, so the refusal is counted under the token's own tenant.
     _assert_refused_without_a_session(gateway, 1, tenant=gateway.tenant)
 
@@ -124,8 +131,8 @@ async def test_replayed_token_is_closed_with_4001(gateway: RunningGateway) -> No
     first = await gateway.http.ws_connect(f"{gateway.url}/ws-client/{token}?serializer=rtvi")
     await first.receive(timeout=10)
 
-    assert await refusal_code(gateway.http, f"{gateway.url}/ws-client/{token}") == 4001
-    assert await refusal_code(gateway.http, f"{gateway.url}/ws?token={token}") == 4001
+    assert await refusal_code(gateway.http, f"{gateway.url}/ws-client/{token}") == closecodes.BAD_TOKEN
+    assert await refusal_code(gateway.http, f"{gateway.url}/ws?token={token}") == closecodes.BAD_TOKEN
     # Validly signed, so the refusal is counted under the token's own tenant.
     assert gateway.sample("gateway_rejections_total", tenant=gateway.tenant, reason="bad_token") == 2
     await first.close()
@@ -155,5 +162,5 @@ async def test_token_of_tenant_a_re_signed_for_tenant_b_without_the_secret_is_cl
     header, claims, signature = _parts(await _token(gateway, tenant=a, user_id="alice-of-tenant-a"))
     forged = f"{_b64(header)}.{_b64({**claims, 'ten': b})}.{signature}"
 
-    assert await refusal_code(gateway.http, f"{gateway.url}/ws-client/{forged}") == 4001
+    assert await refusal_code(gateway.http, f"{gateway.url}/ws-client/{forged}") == closecodes.BAD_TOKEN
     assert gateway.sample("gateway_sessions_total", tenant=b, outcome="completed") == 0

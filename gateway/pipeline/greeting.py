@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from gateway.logging import get_logger
 from gateway.tenants import GreetingSettings
-from memory.backends import TenantMemory
 from memory.scope import MemoryScope
+from memory.tenant import TenantMemory
 
 log = get_logger(__name__)
 

@@ -59,9 +59,9 @@ from gateway.pipeline.transport import (
 from gateway.pipeline.voice import build_voice
 from gateway.tenants import TenantConfig
 from gateway.tokens import SessionClaims
-from memory.backends import TenantMemory
 from memory.conversation import ConversationStore
 from memory.scope import MemoryScope
+from memory.tenant import TenantMemory
 
 log = get_logger(__name__)
 

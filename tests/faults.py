@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,6 +118,18 @@ class TcpProxy:
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._writers.difference_update({writer, up_writer})
+
+
+@contextlib.asynccontextmanager
+async def tcp_proxy(port: int) -> AsyncIterator[TcpProxy]:
+    """A ``TcpProxy`` in front of ``127.0.0.1:port`` for the block: a ``POST /start`` through it answers
+    a ``wsUrl`` through it too (built on the request's host)."""
+    proxy = TcpProxy("127.0.0.1", port)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.close()
 
 
 def unix_socket_of(uri: str) -> str:

@@ -34,7 +34,7 @@ from playwright.async_api import (
 
 from tests.conftest import GatewayFactory, RunningGateway, unique
 from tests.fake_llm import FakeLLM
-from tests.faults import TcpProxy
+from tests.faults import TcpProxy, tcp_proxy
 
 CHROMIUM = "/usr/bin/chromium"
 # Headless on a machine with no internet and no screen: no background or component traffic, no sandbox
@@ -243,10 +243,8 @@ async def test_pipecats_prebuilt_ui_at_client_connects_over_websocket_and_is_gre
 async def proxied(demo: RunningGateway) -> AsyncIterator[TcpProxy]:
     """The demo gateway behind a TCP proxy: pages opened at ``proxied.url`` get a ``wsUrl`` through it."""
     assert demo.server.port is not None
-    proxy = TcpProxy("127.0.0.1", demo.server.port)
-    await proxy.start()
-    yield proxy
-    await proxy.close()
+    async with tcp_proxy(demo.server.port) as proxy:
+        yield proxy
 
 
 async def until(condition: Any, timeout: float = TIMEOUT_MS / 1000) -> None:

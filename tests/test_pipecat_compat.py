@@ -190,18 +190,8 @@ def test_a_worker_of_another_shape_is_left_as_pipecat_built_it() -> None:
 
 
 class _Recorder(FrameProcessor):
-    def __init__(self) -> None:
-        super().__init__()
-        self.tasks: list[asyncio.Task[Any] | None] = []
+    """Passes frames on, noting the task each text frame was handled on."""
 
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        if isinstance(frame, TextFrame):
-            self.tasks.append(asyncio.current_task())
-        await self.push_frame(frame, direction)
-
-
-class _Pusher(FrameProcessor):
     def __init__(self) -> None:
         super().__init__()
         self.tasks: list[asyncio.Task[Any] | None] = []
@@ -218,7 +208,7 @@ async def test_enable_direct_mode_is_pipecats_direct_mode_frames_run_on_the_push
         "FrameProcessor no longer keeps direct mode in _enable_direct_mode: "
         "fix pipecatcompat.enable_direct_mode"
     )
-    pusher, direct, queued = _Pusher(), _Recorder(), _Recorder()
+    pusher, direct, queued = _Recorder(), _Recorder(), _Recorder()
     pipecatcompat.enable_direct_mode(direct)
     worker = PipelineWorker(
         Pipeline([pusher, direct, queued]),

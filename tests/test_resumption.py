@@ -14,16 +14,14 @@ from gateway import closecodes
 from tests.clients import WireClient, refusal_code, rtvi_client
 from tests.conftest import GatewayFactory, RunningGateway
 from tests.fake_llm import FakeLLM
-from tests.faults import TcpProxy
+from tests.faults import TcpProxy, tcp_proxy
 
 
 @pytest.fixture
 async def proxy(gateway: RunningGateway) -> AsyncIterator[TcpProxy]:
     assert gateway.server.port is not None
-    proxy = TcpProxy("127.0.0.1", gateway.server.port)
-    await proxy.start()
-    yield proxy
-    await proxy.close()
+    async with tcp_proxy(gateway.server.port) as proxy:
+        yield proxy
 
 
 async def _ws_url(gateway: RunningGateway, proxy: TcpProxy, serializer: str = "rtvi", **ids: str) -> str:
@@ -80,37 +78,37 @@ async def test_what_the_bot_said_while_the_client_was_away_reaches_it_when_it_is
 ) -> None:
     gateway = await make_gateway()
     assert gateway.server.port is not None
-    proxy = TcpProxy("127.0.0.1", gateway.server.port)
-    await proxy.start()
-    fake_llm.delay_secs = 0.5
+    fake_llm.delay_secs = 0.5  # the LLM is the session's, shared by the tests: put back below
     try:
-        url = await _ws_url(gateway, proxy, user_id="tunnel")
-        first = await _connect(gateway, url)
-        await first.bot_turn()
-        await first.send(
-            {
-                "label": "rtvi-ai",
-                "type": "send-text",
-                "id": "t1",
-                "data": {
-                    "content": "tell me when you are out of the tunnel",
-                    "options": {"run_immediately": True},
-                },
-            }
-        )
-        await asyncio.sleep(0.1)  # the turn reached the pipeline; its reply is 0.5 s away
-        proxy.drop()
-        await _dropped(first)
-        await asyncio.sleep(1.0)  # the reply was said meanwhile
-        again = await _connect(gateway, url)
-        # The reply had begun (bot-llm-started) before the drop; the rest of it was held for the client.
-        parts = []
-        while (message := await again.next("bot-llm-text", "bot-llm-stopped"))["type"] != "bot-llm-stopped":
-            parts.append(message["data"]["text"])
-        assert "".join(parts) == "I heard: tell me when you are out of the tunnel"
+        async with tcp_proxy(gateway.server.port) as proxy:
+            url = await _ws_url(gateway, proxy, user_id="tunnel")
+            first = await _connect(gateway, url)
+            await first.bot_turn()
+            await first.send(
+                {
+                    "label": "rtvi-ai",
+                    "type": "send-text",
+                    "id": "t1",
+                    "data": {
+                        "content": "tell me when you are out of the tunnel",
+                        "options": {"run_immediately": True},
+                    },
+                }
+            )
+            await asyncio.sleep(0.1)  # the turn reached the pipeline; its reply is 0.5 s away
+            proxy.drop()
+            await _dropped(first)
+            await asyncio.sleep(1.0)  # the reply was said meanwhile
+            again = await _connect(gateway, url)
+            # The reply had begun (bot-llm-started) before the drop; the rest of it was held for the client.
+            parts = []
+            while (message := await again.next("bot-llm-text", "bot-llm-stopped"))[
+                "type"
+            ] != "bot-llm-stopped":
+                parts.append(message["data"]["text"])
+            assert "".join(parts) == "I heard: tell me when you are out of the tunnel"
     finally:
         fake_llm.delay_secs = 0.0
-        await proxy.close()
 
 
 async def test_a_second_socket_on_a_session_that_has_one_is_refused(
@@ -128,9 +126,7 @@ async def test_after_the_window_the_token_is_refused_and_the_session_has_ended(
 ) -> None:
     gateway = await make_gateway(resume_secs=0.5)
     assert gateway.server.port is not None
-    proxy = TcpProxy("127.0.0.1", gateway.server.port)
-    await proxy.start()
-    try:
+    async with tcp_proxy(gateway.server.port) as proxy:
         url = await _ws_url(gateway, proxy, user_id="gone-for-good")
         first = await _connect(gateway, url)
         await first.bot_turn()
@@ -144,8 +140,6 @@ async def test_after_the_window_the_token_is_refused_and_the_session_has_ended(
         )
         returning = await gateway.connect(user_id="gone-for-good")
         assert "this will still be remembered" in await returning.bot_turn()
-    finally:
-        await proxy.close()
 
 
 async def test_a_client_that_says_goodbye_cannot_come_back(gateway: RunningGateway) -> None:

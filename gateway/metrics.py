@@ -55,8 +55,9 @@ class GatewayMetrics:
         )
         self.greeting_seconds = Histogram(
             "gateway_greeting_seconds",
-            "WebSocket accept to greeting written to the socket",
-            ["tenant", "memories"],
+            "WebSocket accept to greeting written to the socket; memories: recalled, none, fallback; "
+            "source: how it was made (template, llm, fallback = llm mode said the template)",
+            ["tenant", "memories", "source"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

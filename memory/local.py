@@ -29,7 +29,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from memory import embedder, extraction, mem0compat, pgvector
+from memory import embedder, extraction, mem0compat, pgvector, ranking
 from memory.config import MemorySettings
 from memory.scope import MemoryScope
 from memory.tenant import Resources, TenantMemory, results
@@ -127,9 +127,10 @@ class LocalMemory(TenantMemory):
         if self._lister is not None and limit <= LOOP_LIST_MAX:
             rows = await self._acall("get_all", self._lister.list(local_filters, limit), timeout)
             return [as_memory(r) for r in rows if not mem0compat.payload_is_expired(r.payload)]
-        return results(
+        found = results(
             await self._call("get_all", lambda: local.get_all(filters=local_filters, top_k=limit), timeout)
         )
+        return [m for m in found if ranking.is_current(m)]
 
     async def _users_words(
         self, scope: MemoryScope, limit: int, timeout: float | None

@@ -55,7 +55,7 @@ USERS_WORDS: list[tuple[str, str | None]] = [
     ("The dog is a corgi", "the dog is a corgi"),
     ("Biscuit is a corgi", "Biscuit is a corgi"),
     # curly apostrophes (phones type them)
-    ("I’m vegetarian", "you're vegetarian"),
+    ("I\u2019m vegetarian", "you're vegetarian"),
 ]
 
 EXTRACTED: list[tuple[str, str | None]] = [

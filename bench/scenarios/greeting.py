@@ -316,7 +316,7 @@ def _server_greeting_means(registry: Any, tenant: str) -> list[str]:
     """The gateway's own ``gateway_greeting_seconds`` (accept → greeting written), mean per outcome."""
     out = []
     for outcome in ("recalled", "none", "fallback"):
-        labels = {"tenant": tenant, "memories": outcome}
+        labels = {"tenant": tenant, "memories": outcome, "source": "template"}
         count = registry.get_sample_value("gateway_greeting_seconds_count", labels)
         total = registry.get_sample_value("gateway_greeting_seconds_sum", labels)
         if count:

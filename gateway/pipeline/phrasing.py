@@ -43,7 +43,7 @@ _COURTESY = re.compile(
     re.IGNORECASE,
 )
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-_QUOTED = re.compile(r"(\"[^\"]*\"|“[^”]*”)")
+_QUOTED = re.compile(r"(\"[^\"]*\"|\u201c[^\u201d]*\u201d)")
 _SECOND_PERSON = re.compile(r"\b(?:you|your|yours|yourself|yourselves|you're|you've|you'll|you'd|ya)\b", re.I)
 
 # First person → second person, word by word (lower-cased keys; "I" is handled by ``_swap``).
@@ -168,9 +168,9 @@ def _swap_first_person(text: str) -> str:
     out: list[str] = []
     previous_subject = False  # the last word was "I" (adverbs between do not count)
     pos = 0
-    for match in re.finditer(r"[A-Za-z][A-Za-z0-9'’-]*", text):
+    for match in re.finditer(r"[A-Za-z][A-Za-z0-9'\u2019-]*", text):
         out.append(text[pos : match.start()])
-        word = match.group(0).replace("’", "'")
+        word = match.group(0).replace("\u2019", "'")
         lower = word.lower()
         replacement = word
         if word in ("I", "i"):
@@ -193,7 +193,6 @@ def _swap_first_person(text: str) -> str:
 def _outside_quotes(text: str, fn: Callable[[str], str]) -> str:
     parts = _QUOTED.split(text)
     return "".join(p if i % 2 else fn(p) for i, p in enumerate(parts))
-
 
 
 def _first_person_clause(sentence: str) -> str | None:
@@ -283,7 +282,7 @@ def _join(clauses: list[str]) -> str:
 
 
 def sentence(clauses: Iterable[str]) -> str:
-    """"You told me …" over the clauses, in order, without the final full stop."""
+    """ "You told me …" over the clauses, in order, without the final full stop."""
     said = [c for c in clauses if c]
     if not said:
         return ""

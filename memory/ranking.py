@@ -5,7 +5,8 @@ returns them, greets a returning user with whatever they said last ("thanks, bye
 they gave twice. Here a bounded pool of recent candidates (``pool_size``) is ranked instead:
 
 1. **Current facts before raw turns.** A fact extracted by consolidation (no ``role``) outranks what
-   the user typed; a superseded fact is never a candidate (``is_current``).
+   the user typed; a superseded fact is never a candidate (``is_current``), nor a turn consolidation
+   already turned into facts (``consolidated_at``): its facts speak for it.
 2. **Recency** decays with age (``half_life_days``): a fact from yesterday beats one from last year.
 3. **Relevance to the agent**: cosine similarity with the agent's own description (the tenant's
    system prompt), weighted by ``relevance_weight`` — a cooking assistant greets with the allergy,
@@ -87,7 +88,11 @@ def rank(
     ``embed`` turns texts into L2-normalised rows; ``about``: the agent's normalised embedding.
     """
     params = params or RankingParams()
-    candidates = [m for m in memories if is_current(m) and str(m.get("memory", "")).strip()]
+    candidates = [
+        m
+        for m in memories
+        if is_current(m) and not _field(m, CONSOLIDATED_AT) and str(m.get("memory", "")).strip()
+    ]
     if not candidates or limit <= 0:
         return []
     now = now or datetime.now(UTC)

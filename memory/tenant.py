@@ -26,7 +26,7 @@ import psycopg
 from mem0 import Memory, MemoryClient
 from psycopg_pool import AsyncConnectionPool
 
-from memory import mem0compat, pgvector, ranking
+from memory import consolidation, mem0compat, pgvector, ranking
 from memory.config import MemorySettings
 from memory.outbox import Outbox, OutboxEntry
 from memory.scope import MemoryScope
@@ -45,6 +45,12 @@ class MemoryObserver(Protocol):
 
     def outbox_full(self, tenant: str) -> None: ...
 
+    def consolidation(
+        self, tenant: str, outcome: str, seconds: float, added: int, superseded: int, llm_calls: int
+    ) -> None: ...
+
+    def consolidation_backlog(self, tenant: str, jobs: int) -> None: ...
+
 
 class NullObserver:
     def memory_call(self, tenant: str, operation: str, backend: str, seconds: float, ok: bool) -> None:
@@ -54,6 +60,14 @@ class NullObserver:
         pass
 
     def outbox_full(self, tenant: str) -> None:
+        pass
+
+    def consolidation(
+        self, tenant: str, outcome: str, seconds: float, added: int, superseded: int, llm_calls: int
+    ) -> None:
+        pass
+
+    def consolidation_backlog(self, tenant: str, jobs: int) -> None:
         pass
 
 
@@ -77,6 +91,8 @@ class Resources:
     pool_size: int
     # The process's one async pool for listings on the event loop, opened on first use.
     loop_pool: Callable[[], Awaitable[AsyncConnectionPool]]
+    # A consolidation job was requested here: the process's worker looks now (memory.consolidation).
+    consolidation_requested: Callable[[], None] = lambda: None
 
     async def run(self, fn: Callable[[], T]) -> T:
         """A blocking call on the memory thread pool."""
@@ -123,6 +139,7 @@ class TenantMemory(ABC):
         self._call_timeout = resources.call_timeout
         self._outbox = resources.outbox
         self._embed_model = resources.embed_model
+        self._resources = resources
         self._about: dict[str, np.ndarray] = {}  # the agent descriptions the greeting ranks against
         self._abandoned: set[asyncio.Future[Any]] = set()
         observer = resources.observer
@@ -316,6 +333,28 @@ class TenantMemory(ABC):
             raise
         if durable:
             await self._outbox.delete(entry.key)
+
+    async def request_consolidation(self, scope: MemoryScope, timeout: float = 2.0) -> bool:
+        """Queue the scope's new turns for consolidation (``memory.consolidation``), if the tenant
+        consolidates; one bounded insert, never the work itself. False if it could not be queued
+        (logged; the turns stay raw and the scope's next request picks them up)."""
+        settings = self.settings.consolidation
+        if not settings.enabled:
+            return False
+        try:
+            pool = await self._resources.loop_pool()
+            await asyncio.wait_for(
+                consolidation.request(pool, self.tenant, scope.retrieval_filters(), settings.delay_secs),
+                timeout,
+            )
+        except Exception as e:
+            log.warning(
+                "memory.consolidation_request_failed tenant=%s error=%s", self.tenant, type(e).__name__
+            )
+            self._observer.consolidation(self.tenant, "request_failed", 0.0, 0, 0, 0)
+            return False
+        self._resources.consolidation_requested()
+        return True
 
     async def purge_local(self, scope: dict[str, str]) -> tuple[int, int]:
         """Drop this process's queued writes and outbox rows under ``scope``: (jobs, rows)."""

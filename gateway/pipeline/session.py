@@ -205,6 +205,7 @@ class Session:
         self._closed = False
         self._owes_greeting = True
         self._expiry: asyncio.Task[None] | None = None
+        self._replies = 0
         deps.builds.greeting_owed()
 
     # -- what the registry and routes use ------------------------------------------------------------
@@ -541,6 +542,11 @@ class Session:
             await self.store.store_new(self.context)
         except Exception:
             log.exception("session.store_failed")
+        self._replies += 1
+        every = self._backend.settings.consolidation.after_turns
+        if every and self._replies % every == 0:
+            # Its turns so far are queued; consolidation runs elsewhere (memory.consolidation).
+            await self._backend.request_consolidation(self.scope)
 
     async def _on_client_gone(self) -> None:
         """The socket ended. A client that said goodbye (or was closed) is gone; one whose network
@@ -610,5 +616,8 @@ class Session:
                 log.warning("session.writes_pending")
         except Exception:
             log.exception("session.store_failed")
+        if self._connected and self.store.stored:
+            # Off this session's path: one queued job, whose worker may run on any replica.
+            await self._backend.request_consolidation(self.scope)
         await self.client.close(closecodes.NORMAL, "session ended")
         await self.client.stop_reading()

@@ -131,7 +131,7 @@ def llm_messages(greeting: Greeting, tenant: TenantConfig) -> list[dict[str, str
     The facts go in the second person, already phrased, so a small model cannot mistake whose they
     are; they are data inside the user message, never instructions.
     """
-    facts = "\n".join(f"- {fact}" for fact in greeting.facts)
+    facts = "\n".join(f"- {fact[0].upper()}{fact[1:]}." for fact in greeting.facts)
     return [
         {"role": "system", "content": f"{tenant.system_prompt}\n\n{tenant.greeting.llm_instructions}"},
         {"role": "user", "content": f"What you remember about the user (said to them):\n{facts}"},

@@ -79,9 +79,11 @@ def create_pool(conninfo: str, *, min_size: int = 1, max_size: int = 8, name: st
     return pool
 
 
-# A fact consolidation superseded (``memory.consolidation``) stays for audit but is never read: not
-# searched, not listed for the greeting. The payload key is ``memory.ranking.SUPERSEDED_AT``.
-CURRENT = "NOT (payload ? 'superseded_at')"
+# What reads see (``memory.consolidation``): a fact a newer one superseded stays for audit but is never
+# searched or listed for the greeting, and neither is a raw turn consolidation already turned into
+# facts (its facts speak for it, current). Payload keys: ``memory.ranking.SUPERSEDED_AT``,
+# ``CONSOLIDATED_AT``. Rows of tenants that do not consolidate carry neither.
+CURRENT = "NOT (payload ? 'superseded_at' OR payload ? 'consolidated_at')"
 
 
 def _newest_first(

@@ -52,8 +52,9 @@ def _field(memory: dict[str, Any], key: str) -> Any:
 
 
 def is_current(memory: dict[str, Any]) -> bool:
-    """Not superseded by a later fact (kept for audit until retention or erasure, never said)."""
-    return not _field(memory, SUPERSEDED_AT)
+    """What reads see (``memory.pgvector.CURRENT``): not a fact superseded by a later one (kept for
+    audit until retention or erasure, never said), nor a turn already consolidated into facts."""
+    return not _field(memory, SUPERSEDED_AT) and not _field(memory, CONSOLIDATED_AT)
 
 
 def is_fact(memory: dict[str, Any]) -> bool:
@@ -88,11 +89,7 @@ def rank(
     ``embed`` turns texts into L2-normalised rows; ``about``: the agent's normalised embedding.
     """
     params = params or RankingParams()
-    candidates = [
-        m
-        for m in memories
-        if is_current(m) and not _field(m, CONSOLIDATED_AT) and str(m.get("memory", "")).strip()
-    ]
+    candidates = [m for m in memories if is_current(m) and str(m.get("memory", "")).strip()]
     if not candidates or limit <= 0:
         return []
     now = now or datetime.now(UTC)

@@ -48,6 +48,9 @@ USERS_WORDS: list[tuple[str, str | None]] = [
     # fillers, courtesy and questions are not facts
     ("you know, I love jazz", "you love jazz"),
     ("thanks!", None),
+    ("thanks, that helps", None),
+    ("hello again", None),
+    ("tell me a joke", None),
     ("hello", None),
     ("what's the weather like?", None),
     ("Hi. What's my name? I love jazz.", "you love jazz"),

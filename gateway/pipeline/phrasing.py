@@ -31,15 +31,17 @@ from collections.abc import Callable, Iterable
 
 # Leading words that carry nothing to say back ("hi, ", "ok so ", "well, ").
 _FILLER = re.compile(
-    r"^(?:(?:hi|hello|hey|hiya|howdy|yo|ok|okay|so|well|um+|uh+|oh|ah|yes|yeah|yep|no|nope|right|"
-    r"anyway|actually|alright|hi there|hello there|hello again|hey there|good (?:morning|afternoon|"
+    r"^(?:(?:hi there|hello there|hello again|hey there|hi again|hi|hello|hey|hiya|howdy|yo|ok|okay|so|"
+    r"well|um+|uh+|oh|ah|yes|yeah|yep|no|nope|right|anyway|actually|alright|good (?:morning|afternoon|"
     r"evening|day)|by the way|you know what|you know|you see|thanks|thank you)\b[\s,.!;:-]*)+",
     re.IGNORECASE,
 )
 # Whole sentences that are courtesy, not content.
 _COURTESY = re.compile(
     r"^(?:thanks?(?: you)?(?: so much| a lot)?|thank you(?: very much)?|cheers|bye|goodbye|see you|"
-    r"good ?night|nice to meet you|ok(?:ay)?|sure|great|cool|yes|no)$",
+    r"good ?night|nice to meet you|ok(?:ay)?|sure|great|cool|yes|no|again|"
+    r"that(?:'s| is)? (?:helps?|helpful|great|good|nice|cool|fine|interesting|funny)|"
+    r"tell me (?:a joke|more|something))$",
     re.IGNORECASE,
 )
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")

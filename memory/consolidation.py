@@ -419,8 +419,12 @@ class ConsolidationWorker:
         failures = 0
         while True:
             try:
-                pool = await self._pool()
                 serving = self._tenants()
+                if not serving and not self._last_backlog:
+                    # No tenant here consolidates: no query at all (the common case).
+                    await asyncio.sleep(self._poll_secs)
+                    continue
+                pool = await self._pool()
                 await self._report_backlog(pool, serving)
                 job = await asyncio.wait_for(claim(pool, self._ready_tenants(serving)), 10)
                 failures = 0

@@ -234,3 +234,18 @@ def test_consolidation_needs_an_extraction_llm() -> None:
         {"extraction_llm": {"model": "m"}, "consolidation": {"enabled": True}}
     )
     assert settings.infer is False and settings.has_facts is True
+
+
+async def test_after_n_turns_a_long_session_is_consolidated_while_it_runs(
+    make_gateway: GatewayFactory, extractor: FakeExtractionLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_ENV, "not-a-real-key")
+    gateway = await make_gateway(tenants=[_tenant(extractor, after_turns=2)])
+    client = await gateway.connect(user_id="ev")
+    await client.bot_turn()
+    await client.say("I drive a Volvo")
+    await client.say("tell me a joke")  # the second turn: a job is queued, the session goes on
+    await _consolidated(gateway, 1)
+
+    assert [r["data"] for r in _rows(gateway, "ev") if "role" not in r] == ["User drives a Volvo"]
+    assert await client.say("still here") == "I heard: still here"

@@ -474,7 +474,7 @@ def overview() -> dashboard.Dashboard:
         ),
         series(
             "Facts / s",
-            "added: extracted by consolidation; superseded: existing facts a new one contradicted or repeated.",
+            "added: extracted by consolidation; superseded: facts a newer one contradicted or repeated.",
             [(sum_rate("gateway_memory_facts_total", ["event"]), "{{event}}")],
             unit="ops",
             width=12,

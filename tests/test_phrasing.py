@@ -76,6 +76,8 @@ EXTRACTED: list[tuple[str, str | None]] = [
     ("Has a dog named Max", "you have a dog named Max"),
     # a fact whose subject is someone else is said as written
     ("Marcus has a wife named Elena", "Marcus has a wife named Elena"),
+    # a store that keeps no roles hands back the user's own words as "facts": still never first person
+    ("My name is Ada and I sail on weekends", "your name is Ada and you sail on weekends"),
 ]
 
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import aiohttp
 
+from bench import plots
 from bench.harness import (
     BenchContext,
     ScenarioResult,
@@ -331,4 +332,15 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             "greeting recall after consolidation", cons["greeting_recall"], 0.9, "share of greetings"
         ),
     ]
-    return ScenarioResult(NAME, TITLE, [raw, cons], targets, notes)
+    bars = {
+        f"{metric} ({row['mode']})": float(row[metric])
+        for metric in ("greeting_recall", "staleness", "duplicate_rate", "search_recall_at_5", "stale_at_5")
+        for row in (raw, cons)
+    }
+    plot = plots.bar_plot(
+        ctx.out_dir / "memory_quality.png",
+        title="Memory quality, raw vs consolidated (fake extraction LLM)",
+        ylabel="share",
+        bars=bars,
+    )
+    return ScenarioResult(NAME, TITLE, [raw, cons], targets, notes, [plot] if plot else [])

@@ -78,11 +78,18 @@ _WAS = {"was": "were", "wasn't": "weren't"}
 _I_AM = re.compile(r"\b[Ii] am\b")
 
 # "my sister and I", "Ann and me", "our neighbours and I" → "you and your sister", …
+# A noun phrase ("my little sister") holds no verb: "My name is Ada and I sail" has no "X and I".
+_VERBISH = r"(?:is|are|was|were|am|has|have|had|do|does|did|will|would|can|could)\b"
 _AND_I = re.compile(
     # Only where a subject or a preposition's object starts (sentence start, after a comma or a
     # preposition): in "I have my dog and I walk", "my dog" is an object and "I" starts a clause.
     r"(?:^|(?<=, )|(?<=\bwith )|(?<=\bbetween )|(?<=\bfor )|(?<=\bto )|(?<=\bby )|(?<=\bfrom ))"
-    r"((?i:my|our|his|her|their|the|a|an)\s+(?:[\w'-]+\s+){0,2}?[\w'-]+|[A-Z][\w'-]*)\s+and\s+(?:I|i|me)\b"
+    r"((?i:my|our|his|her|their|the|a|an)\s+(?:(?!"
+    + _VERBISH
+    + r")[\w'-]+\s+){0,2}?(?!"
+    + _VERBISH
+    + r")[\w'-]+"
+    r"|[A-Z][\w'-]*)\s+and\s+(?:I|i|me)\b"
 )
 
 # A capitalised word the lower-case typist meant after these cues.
@@ -136,6 +143,7 @@ _FACT_VERBS = frozenset(
     started adopted bought sold joined left married grew graduated intends follows collects cooks
     bakes knows believes thinks feels hopes""".split()
 )
+_FIRST_PERSON = re.compile(r"\b(?:I|i|me|my|mine|myself|I'm|i'm|I've|I'll|I'd)\b(?![\w-])")
 _WORD = re.compile(r"[A-Za-z][\w'-]*|\S")
 
 
@@ -267,8 +275,10 @@ def clause(text: str, *, extracted: bool) -> str | None:
     ``extracted``: a fact mem0's extraction wrote (third person); else the user's own words.
     """
     text = " ".join(text.split())
-    if extracted:
+    if extracted and not _FIRST_PERSON.search(_QUOTED.sub(" ", text)):
         return _fact_clause(text)
+    # The user's words — or a "fact" in the first person (a store that keeps no roles, such as the
+    # Mem0 platform's raw memories): said back as the user's words either way.
     clauses = [c for c in (_first_person_clause(s) for s in _SENTENCE_END.split(text)) if c]
     if not clauses:
         return None

@@ -55,8 +55,9 @@ class GatewayMetrics:
         )
         self.greeting_seconds = Histogram(
             "gateway_greeting_seconds",
-            "WebSocket accept to greeting written to the socket",
-            ["tenant", "memories"],
+            "WebSocket accept to greeting written to the socket; memories: recalled, none, fallback; "
+            "source: how it was made (template, llm, fallback = llm mode said the template)",
+            ["tenant", "memories", "source"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -79,6 +80,38 @@ class GatewayMetrics:
         self.memory_outbox_full_total = Counter(
             "gateway_memory_outbox_full_total",
             "Memory writes the full outbox refused (queued in memory only: lost if the process dies)",
+            ["tenant"],
+            registry=r,
+        )
+        self.consolidation_seconds = Histogram(
+            "gateway_memory_consolidation_seconds",
+            "One consolidation job: extraction through mem0 and the supersede decision (LLM calls included)",
+            ["tenant"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0),
+            registry=r,
+        )
+        self.consolidation_backlog_jobs = Gauge(
+            "gateway_memory_consolidation_backlog",
+            "Consolidation jobs waiting or running for the tenant (cluster-wide, as last read here)",
+            ["tenant"],
+            registry=r,
+        )
+        self.consolidation_total = Counter(
+            "gateway_memory_consolidation_total",
+            "Consolidation jobs by outcome: consolidated, empty (no new turns), retried, abandoned (after "
+            "its attempts), request_failed (a session could not queue one)",
+            ["tenant", "outcome"],
+            registry=r,
+        )
+        self.memory_facts_total = Counter(
+            "gateway_memory_facts_total",
+            "Facts consolidation added, and existing facts it superseded (contradicted or repeated)",
+            ["tenant", "event"],
+            registry=r,
+        )
+        self.consolidation_llm_calls_total = Counter(
+            "gateway_memory_consolidation_llm_calls_total",
+            "Extraction-LLM calls made by consolidation (mem0's extraction and the supersede decision)",
             ["tenant"],
             registry=r,
         )
@@ -160,6 +193,22 @@ class GatewayMetrics:
 
     def outbox_full(self, tenant: str) -> None:
         self.memory_outbox_full_total.labels(tenant).inc()
+
+    def consolidation(
+        self, tenant: str, outcome: str, seconds: float, added: int, superseded: int, llm_calls: int
+    ) -> None:
+        self.consolidation_total.labels(tenant, outcome).inc()
+        if outcome != "request_failed":
+            self.consolidation_seconds.labels(tenant).observe(seconds)
+        if added:
+            self.memory_facts_total.labels(tenant, "added").inc(added)
+        if superseded:
+            self.memory_facts_total.labels(tenant, "superseded").inc(superseded)
+        if llm_calls:
+            self.consolidation_llm_calls_total.labels(tenant).inc(llm_calls)
+
+    def consolidation_backlog(self, tenant: str, jobs: int) -> None:
+        self.consolidation_backlog_jobs.labels(tenant).set(jobs)
 
     def reject(self, tenant: str | None, reason: str) -> None:
         self.rejections_total.labels(tenant or "unknown", reason).inc()

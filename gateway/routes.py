@@ -231,7 +231,7 @@ async def start_session(
     elif registry.active(tenant.name) >= tenant.max_sessions:
         return _at_limit(request, tenant.name)  # this replica is full; the connect re-checks everywhere
     scope = MemoryScope(tenant.name, ids["user_id"], ids["agent_id"], ids["run_id"])
-    prefetch = greetings.start_prefetch(backend, scope, tenant.greeting)
+    prefetch = greetings.start_prefetch(backend, scope, tenant)
     if lease is None or not await _prestart(app, tenant, backend, claims, prefetch, lease):
         registry.hold_prefetch(claims.session_id, prefetch)
     query = f"?serializer={serializer}" if serializer else ""

@@ -148,6 +148,21 @@ class TTSSettings(BaseModel):
     _api_key_env = field_validator("api_key_env")(_env_name)
 
 
+class GreetingRanking(BaseModel):
+    """Which memories the greeting names (``memory.ranking``): facts first, fresh, on-topic, once."""
+
+    half_life_days: float = Field(
+        default=30.0, gt=0, le=3650, description="recency: a memory's weight halves"
+    )
+    relevance_weight: float = Field(
+        default=0.3, ge=0, le=1, description="weight of similarity to the agent (the system prompt)"
+    )
+    merge_similarity: float = Field(
+        default=0.9, gt=0, le=1, description="cosine at or above which two memories are one"
+    )
+    pool_size: int = Field(default=24, ge=1, le=100, description="newest candidates ranked")
+
+
 class GreetingSettings(BaseModel):
     max_memories: int = Field(default=3, ge=0, le=10)
     after: Literal["bot_ready", "connect"] = Field(
@@ -156,8 +171,29 @@ class GreetingSettings(BaseModel):
         "soon as the socket opens, for clients that never send client-ready",
     )
     deadline_secs: float | None = Field(default=None, gt=0, le=30, description="default: process setting")
-    known: str = "Welcome back! Here is what I remember: {facts}. What would you like to talk about?"
+    known: str = Field(
+        default="Welcome back! {facts}. What would you like to talk about?",
+        description="{facts} is one sentence in the second person: 'You told me you live in Oslo and …'",
+    )
     new: str = "Hello! It's nice to meet you. How can I help you today?"
+    mode: Literal["template", "llm"] = Field(
+        default="template",
+        description="template: `known` with the facts said back by rule; llm: the tenant's LLM writes it "
+        "from the same facts, streamed, with the template as the fallback",
+    )
+    llm_first_token_secs: float = Field(
+        default=1.0, gt=0, le=10, description="llm mode: no first token by then → the template"
+    )
+    llm_total_secs: float = Field(
+        default=5.0, gt=0, le=30, description="llm mode: the whole greeting's bound"
+    )
+    llm_max_tokens: int = Field(default=80, ge=8, le=400)
+    llm_instructions: str = Field(
+        default="Greet the returning user in one or two short, warm sentences, mentioning what you "
+        "remember about them naturally. Speak to them in the second person. Do not invent anything.",
+        description="llm mode: what the LLM is asked to do (the facts follow)",
+    )
+    ranking: GreetingRanking = Field(default_factory=GreetingRanking)
 
 
 ORIGIN_PATTERN = re.compile(r"^https?://(\*\.)?[a-z0-9.-]+(:\d{1,5})?$")

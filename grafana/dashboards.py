@@ -338,6 +338,22 @@ def overview() -> dashboard.Dashboard:
             stacked=True,
         ),
         series(
+            "Greetings / s by how they were made",
+            "template: the remembered facts said back by rule; llm: written by the tenant's LLM "
+            "(greeting.mode: llm); fallback: llm mode, but no first token by its deadline (the template).",
+            [(sum_rate("gateway_greeting_seconds_count", ["source"]), "{{source}}")],
+            unit="ops",
+            width=8,
+            stacked=True,
+        ),
+        series(
+            "Greeting p95 by how it was made",
+            "An LLM greeting waits for its first token (greeting.llm_first_token_secs at most).",
+            [(quantile(0.95, "gateway_greeting_seconds", ["source"]), "{{source}}")],
+            unit="s",
+            width=8,
+        ),
+        series(
             "User → bot latency",
             "End of the user's turn to the bot's first output.",
             percentiles("gateway_user_bot_latency_seconds"),
@@ -427,6 +443,49 @@ def overview() -> dashboard.Dashboard:
             unit="percentunit",
             width=12,
             threshold=MEMORY_ERROR_RATIO,
+        ),
+    )
+
+    board.row("Memory consolidation")
+    board.add(
+        series(
+            "Consolidation backlog",
+            "Jobs waiting or running per tenant (memory.consolidation; one per user with new turns). "
+            "Steady growth: the extraction LLM is slow or failing, or jobs_per_minute is too low.",
+            [("max by (tenant) (gateway_memory_consolidation_backlog)", "{{tenant}}")],
+            unit="short",
+            width=8,
+        ),
+        series(
+            "Consolidation jobs / s by outcome",
+            "consolidated, empty (no new turns), retried (the LLM or the database failed; backoff), "
+            "abandoned (after its attempts), request_failed (a session could not queue its job).",
+            [(sum_rate("gateway_memory_consolidation_total", ["outcome"]), "{{outcome}}")],
+            unit="ops",
+            width=8,
+            stacked=True,
+        ),
+        series(
+            "Consolidation job p95",
+            "One job: mem0's extraction call and the supersede decision, LLM time included.",
+            percentiles("gateway_memory_consolidation_seconds"),
+            unit="s",
+            width=8,
+        ),
+        series(
+            "Facts / s",
+            "added: extracted by consolidation; superseded: facts a newer one contradicted or repeated.",
+            [(sum_rate("gateway_memory_facts_total", ["event"]), "{{event}}")],
+            unit="ops",
+            width=12,
+            stacked=True,
+        ),
+        series(
+            "Extraction LLM calls / s",
+            "Consolidation's calls to the tenants' extraction LLMs (about one or two a job).",
+            [(sum_rate("gateway_memory_consolidation_llm_calls_total", ["tenant"]), "{{tenant}}")],
+            unit="ops",
+            width=12,
         ),
     )
 
@@ -620,6 +679,19 @@ def per_tenant() -> dashboard.Dashboard:
             stacked=True,
         ),
         series(
+            "Greetings / s by how they were made",
+            "template, llm (greeting.mode: llm), or fallback (llm mode, the template said instead).",
+            [
+                (
+                    sum_rate("gateway_greeting_seconds_count", ["tenant", "source"], TENANT),
+                    "{{tenant}} {{source}}",
+                )
+            ],
+            unit="ops",
+            width=8,
+            stacked=True,
+        ),
+        series(
             "User → bot latency p95",
             "End of the user's turn to the bot's first output.",
             [(quantile(0.95, "gateway_user_bot_latency_seconds", ["tenant"], TENANT), "{{tenant}}")],
@@ -681,6 +753,34 @@ def per_tenant() -> dashboard.Dashboard:
             [(f"sum by (tenant) ({selector('gateway_memory_pending_writes', TENANT)})", "{{tenant}}")],
             unit="short",
             width=8,
+        ),
+        series(
+            "Consolidation backlog",
+            "Jobs waiting or running (one per user with new turns).",
+            [(f"max by (tenant) ({selector('gateway_memory_consolidation_backlog', TENANT)})", "{{tenant}}")],
+            unit="short",
+            width=8,
+        ),
+        series(
+            "Consolidation jobs / s by outcome",
+            "consolidated, empty, retried, abandoned, request_failed.",
+            [
+                (
+                    sum_rate("gateway_memory_consolidation_total", ["tenant", "outcome"], TENANT),
+                    "{{tenant}} {{outcome}}",
+                )
+            ],
+            unit="ops",
+            width=8,
+            stacked=True,
+        ),
+        series(
+            "Facts / s",
+            "added by consolidation; superseded (contradicted or repeated by a newer fact).",
+            [(sum_rate("gateway_memory_facts_total", ["tenant", "event"], TENANT), "{{tenant}} {{event}}")],
+            unit="ops",
+            width=8,
+            stacked=True,
         ),
     )
     return board.builder

@@ -29,6 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from memory import embedder, pgvector
 from memory.config import MemorySettings
+from memory.consolidation import Consolidating, ConsolidationWorker
 from memory.local import LocalMemory
 from memory.outbox import DEFAULT_MAX_BYTES, Outbox
 from memory.platform import PlatformMemory
@@ -62,6 +63,7 @@ class MemoryBackends:
         embed_model: Any = None,
         outbox_max_bytes: int = DEFAULT_MAX_BYTES,
         outbox_name: str = "outbox.db",
+        consolidation_poll_secs: float = 1.0,
     ) -> None:
         self._data_dir = data_dir
         self._database_url = database_url
@@ -79,6 +81,12 @@ class MemoryBackends:
         self.outbox = Outbox(data_dir / outbox_name, max_bytes=outbox_max_bytes)
         self._background: set[asyncio.Task[None]] = set()
         self._erasures_seen = 0
+        self.consolidator = ConsolidationWorker(
+            pool=self._loop_pool,
+            tenants=self._consolidating,
+            observer=self._observer,
+            poll_secs=consolidation_poll_secs,
+        )
 
     @property
     def database_url(self) -> str:
@@ -116,12 +124,22 @@ class MemoryBackends:
             embed_model=model,
             pool_size=self._pool_size,
             loop_pool=self._loop_pool,
+            consolidation_requested=self.consolidator.kick,
         )
         await self.outbox.open()
         left = await self.outbox.pending()
         if left:
             log.warning("memory.outbox_found rows=%d (replayed as each tenant's backend is built)", left)
         self._spawn(self._listen(url), "erasure-listener")
+        self._spawn(self.consolidator.run(), "consolidation-worker")
+
+    def _consolidating(self) -> dict[str, Consolidating]:
+        """The tenants whose consolidation jobs this process runs: built here, with it on."""
+        return {
+            name: backend
+            for name, backend in self._tenants.items()
+            if isinstance(backend, LocalMemory) and backend.settings.consolidation.enabled
+        }
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
         task = asyncio.ensure_future(coro)

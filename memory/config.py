@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 
 class ServiceParams(BaseModel):
@@ -26,6 +26,29 @@ class ExtractionLLM(BaseModel):
     api_key_env: str = "OPENAI_API_KEY"
 
 
+class ConsolidationSettings(BaseModel):
+    """Post-session consolidation (``memory.consolidation``): facts extracted off the caller's path.
+
+    With it on, turns are stored raw while the session runs (no LLM on the hot path), and when the
+    session ends — or every ``after_turns`` user turns — a job on a durable queue in PostgreSQL has a
+    worker extract facts from the new turns with the tenant's ``extraction_llm`` through mem0, then
+    compare each new fact with the user's current ones and supersede those it contradicts or repeats.
+    """
+
+    enabled: bool = False
+    after_turns: int = Field(
+        default=0, ge=0, le=1000, description="also queue a job every N user turns (0: only at the end)"
+    )
+    jobs_per_minute: float = Field(
+        default=60.0, gt=0, le=6000, description="per tenant and replica: the worker's token bucket"
+    )
+    delay_secs: float = Field(
+        default=1.0, ge=0, le=3600, description="after the session ends, so its last writes land first"
+    )
+    supersede: bool = Field(default=True, description="compare new facts with existing ones (one LLM call)")
+    max_turns: int = Field(default=200, ge=1, le=2000, description="turns read by one job; the rest next")
+
+
 class MemorySettings(BaseModel):
     """How one tenant's memory is kept.
 
@@ -42,7 +65,27 @@ class MemorySettings(BaseModel):
     extraction_llm: ExtractionLLM | None = None
     params: ServiceParams = Field(default_factory=ServiceParams)
     search_timeout_secs: float = Field(default=0.5, gt=0, le=10)
+    consolidation: ConsolidationSettings = Field(default_factory=ConsolidationSettings)
+
+    @model_validator(mode="after")
+    def _consolidation_needs_llm(self) -> MemorySettings:
+        if self.consolidation.enabled and self.extraction_llm is None:
+            raise ValueError(
+                "consolidation.enabled needs memory.extraction_llm (the LLM that extracts facts)"
+            )
+        if self.consolidation.enabled and self.backend != "pgvector":
+            raise ValueError("consolidation needs backend: pgvector (the Mem0 platform extracts on its own)")
+        return self
 
     @property
     def infer(self) -> bool:
+        """Extract facts as each message is written (mem0 ``infer=True`` on the write path).
+
+        Not when consolidating: then turns are written raw and facts extracted after the session.
+        """
+        return self.extraction_llm is not None and not self.consolidation.enabled
+
+    @property
+    def has_facts(self) -> bool:
+        """Extracted facts live beside (or instead of) the raw turns."""
         return self.extraction_llm is not None

@@ -63,6 +63,11 @@ class ConversationStore:
         # A message of the context that is not the conversation (the recalled memories).
         self.hidden: Any = None
 
+    @property
+    def stored(self) -> int:
+        """Messages this session has queued for storage so far."""
+        return self._seq
+
     def exclude(self, assistant_text: str) -> None:
         """Don't store the next assistant message with this text (the greeting, a farewell)."""
         self._unstored.append(assistant_text)

@@ -29,8 +29,8 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from memory import embedder, extraction, mem0compat, pgvector
-from memory.config import MemorySettings
+from memory import consolidation, embedder, extraction, mem0compat, pgvector, ranking
+from memory.config import ConsolidationSettings, MemorySettings
 from memory.scope import MemoryScope
 from memory.tenant import Resources, TenantMemory, results
 
@@ -127,8 +127,22 @@ class LocalMemory(TenantMemory):
         if self._lister is not None and limit <= LOOP_LIST_MAX:
             rows = await self._acall("get_all", self._lister.list(local_filters, limit), timeout)
             return [as_memory(r) for r in rows if not mem0compat.payload_is_expired(r.payload)]
-        return results(
+        found = results(
             await self._call("get_all", lambda: local.get_all(filters=local_filters, top_k=limit), timeout)
+        )
+        return [m for m in found if ranking.is_current(m)]
+
+    @property
+    def consolidation_settings(self) -> ConsolidationSettings:
+        return self.settings.consolidation
+
+    async def consolidate_job(self, job: consolidation.Job, started_at: str) -> consolidation.Result:
+        """One consolidation job's blocking work (mem0 extraction, our decision) on the thread pool."""
+        client, settings = self.client, self.settings.consolidation
+        return await self._call(
+            "consolidate",
+            lambda: consolidation.consolidate(client, job, settings, started_at),
+            consolidation.LEASE_SECS - 30,
         )
 
     async def _users_words(
@@ -236,6 +250,13 @@ def _erase_final(
         if isinstance(db, mem0compat.PgHistory):
             for statement, values in db.erase_statements([*deleted, *late], filters):
                 conn.execute(statement, values)
+        # Consolidation jobs of the scope: nothing is left for them to do.
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE tenant = %s AND scope @> %s").format(
+                sql.Identifier(consolidation.JOBS_TABLE)
+            ),
+            (tenant, Jsonb(filters)),
+        )
         # The payload names the tenant and the tombstone's id: nothing about the person.
         conn.execute("SELECT pg_notify(%s, %s)", (pgvector.ERASURE_CHANNEL, f"{tenant}\t{row[0]}"))
     return late

@@ -79,15 +79,30 @@ def create_pool(conninfo: str, *, min_size: int = 1, max_size: int = 8, name: st
     return pool
 
 
+# What reads see (``memory.consolidation``): a fact a newer one superseded stays for audit but is never
+# searched or listed for the greeting, and neither is a raw turn consolidation already turned into
+# facts (its facts speak for it, current). Payload keys: ``memory.ranking.SUPERSEDED_AT``,
+# ``CONSOLIDATED_AT``. Rows of tenants that do not consolidate carry neither.
+CURRENT = "NOT (payload ? 'superseded_at' OR payload ? 'consolidated_at')"
+
+
 def _newest_first(
-    table: sql.Composable, filters: dict[str, Any] | None, top_k: int | None, *, unexpired: bool = False
+    table: sql.Composable,
+    filters: dict[str, Any] | None,
+    top_k: int | None,
+    *,
+    unexpired: bool = False,
+    current: bool = False,
 ) -> tuple[sql.Composed, list[Any]]:
     """``SELECT id, payload`` of the filtered rows, newest first, at most ``top_k``.
 
     ``unexpired`` leaves out rows whose ISO ``expiration_date`` is before today (UTC), as mem0's
-    ``get_all`` does afterwards in Python, so that the LIMIT is exact instead of over-fetched.
+    ``get_all`` does afterwards in Python, so that the LIMIT is exact instead of over-fetched;
+    ``current`` leaves out superseded facts.
     """
     conditions, params = mem0compat.build_filter_conditions(filters)
+    if current:
+        conditions.append(CURRENT)
     if unexpired:
         conditions.append(
             "coalesce(payload->>'expiration_date', '') = '' OR payload->>'expiration_date' >= %s"
@@ -242,9 +257,11 @@ class IndexedPGVector(mem0compat.PGVectorBase):
     ) -> list[OutputData]:
         self.ensure_collection()
         conditions, params = mem0compat.build_filter_conditions(filters)
+        scoped = bool(conditions)
+        conditions.append(CURRENT)
         query_vector = _as_vector(vectors)
         with self.cursor() as cur:
-            if conditions:
+            if scoped:
                 # MATERIALIZED keeps the planner from pushing ORDER BY/LIMIT into the HNSW scan.
                 statement = sql.SQL(
                     """
@@ -258,7 +275,9 @@ class IndexedPGVector(mem0compat.PGVectorBase):
                 cur.execute(statement, (*params, query_vector, top_k))
             else:
                 statement = sql.SQL(
-                    "SELECT id, vector <=> %s AS distance, payload FROM {} ORDER BY distance LIMIT %s"
+                    "SELECT id, vector <=> %s AS distance, payload FROM {} WHERE "
+                    + CURRENT
+                    + " ORDER BY distance LIMIT %s"
                 ).format(self.table())
                 cur.execute(statement, (query_vector, top_k))
             rows = cur.fetchall()
@@ -320,7 +339,7 @@ class AsyncLister:
 
     async def list(self, filters: dict[str, Any], top_k: int) -> list[OutputData]:
         """The newest ``top_k`` unexpired rows matching ``filters``."""
-        statement, params = _newest_first(self._table, filters, top_k, unexpired=True)
+        statement, params = _newest_first(self._table, filters, top_k, unexpired=True, current=True)
         async with self._pool.connection() as conn:
             cursor = await conn.execute(statement, params)
             rows = await cursor.fetchall()

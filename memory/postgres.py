@@ -53,8 +53,9 @@ class EmbeddedPostgres:
 
 
 def prepare_database(conninfo: str) -> None:
-    """Create the ``vector`` extension (must exist before any pooled connection registers its type)
-    and the erasure tombstone table."""
+    """Create the ``vector`` extension (must exist before any pooled connection registers its type),
+    the erasure tombstone table and the consolidation queue."""
+    from memory.consolidation import JOBS_DDL, JOBS_TABLE
     from memory.pgvector import ERASURES_DDL
 
     with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
@@ -68,6 +69,11 @@ def prepare_database(conninfo: str) -> None:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('gateway_erasures'))")
             for statement in ERASURES_DDL:
+                conn.execute(statement)
+        # The consolidation queue (memory.consolidation), likewise shared.
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (JOBS_TABLE,))
+            for statement in JOBS_DDL:
                 conn.execute(statement)
 
 

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, Protocol, Self, TypeVar
 
+import numpy as np
 import psycopg
 from mem0 import Memory, MemoryClient
 from psycopg_pool import AsyncConnectionPool
 
-from memory import mem0compat, pgvector
+from memory import consolidation, mem0compat, pgvector, ranking
 from memory.config import MemorySettings
 from memory.outbox import Outbox, OutboxEntry
 from memory.scope import MemoryScope
@@ -44,6 +45,12 @@ class MemoryObserver(Protocol):
 
     def outbox_full(self, tenant: str) -> None: ...
 
+    def consolidation(
+        self, tenant: str, outcome: str, seconds: float, added: int, superseded: int, llm_calls: int
+    ) -> None: ...
+
+    def consolidation_backlog(self, tenant: str, jobs: int) -> None: ...
+
 
 class NullObserver:
     def memory_call(self, tenant: str, operation: str, backend: str, seconds: float, ok: bool) -> None:
@@ -53,6 +60,14 @@ class NullObserver:
         pass
 
     def outbox_full(self, tenant: str) -> None:
+        pass
+
+    def consolidation(
+        self, tenant: str, outcome: str, seconds: float, added: int, superseded: int, llm_calls: int
+    ) -> None:
+        pass
+
+    def consolidation_backlog(self, tenant: str, jobs: int) -> None:
         pass
 
 
@@ -76,6 +91,8 @@ class Resources:
     pool_size: int
     # The process's one async pool for listings on the event loop, opened on first use.
     loop_pool: Callable[[], Awaitable[AsyncConnectionPool]]
+    # A consolidation job was requested here: the process's worker looks now (memory.consolidation).
+    consolidation_requested: Callable[[], None] = lambda: None
 
     async def run(self, fn: Callable[[], T]) -> T:
         """A blocking call on the memory thread pool."""
@@ -121,6 +138,9 @@ class TenantMemory(ABC):
         self._observer = resources.observer
         self._call_timeout = resources.call_timeout
         self._outbox = resources.outbox
+        self._embed_model = resources.embed_model
+        self._resources = resources
+        self._about: dict[str, np.ndarray] = {}  # the agent descriptions the greeting ranks against
         self._abandoned: set[asyncio.Future[Any]] = set()
         observer = resources.observer
         self.writes = WriteQueue(
@@ -196,6 +216,40 @@ class TenantMemory(ABC):
         if self.settings.infer:
             return await self.recent(scope, limit, timeout)
         return await self._users_words(scope, limit, timeout)
+
+    async def for_greeting(
+        self,
+        scope: MemoryScope,
+        limit: int,
+        *,
+        about: str | None = None,
+        params: ranking.RankingParams | None = None,
+        timeout: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """The ``limit`` memories a greeting should name, best first (``memory.ranking``): from a
+        bounded pool of the newest current facts and things the user said, ranked by kind, recency
+        and relevance to ``about`` (the agent), near-duplicates merged."""
+        params = params or ranking.RankingParams()
+        pool = max(limit, params.pool_size)
+        if self.settings.has_facts:
+            found = [m for m in await self.recent(scope, pool, timeout) if m.get("role") in (None, "user")]
+        else:
+            found = await self._users_words(scope, pool, timeout)
+        about_vector = self._about_vector(about) if about and params.relevance_weight > 0 else None
+        return ranking.rank(found, limit=limit, embed=self.embed, about=about_vector, params=params)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """L2-normalised embeddings of ``texts`` with the process's model (no NaN for empty text)."""
+        vectors = np.asarray(self._embed_model.embed(texts, norm=True), dtype=np.float32)
+        return np.nan_to_num(vectors, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def _about_vector(self, about: str) -> np.ndarray:
+        vector = self._about.get(about)
+        if vector is None:
+            if len(self._about) >= 64:  # tenants' prompts change rarely; bound it all the same
+                self._about.clear()
+            vector = self._about[about] = self.embed([about])[0]
+        return vector
 
     def read_filters(self, scope: MemoryScope) -> dict[str, Any]:
         """The filters a read of the scope passes to the client: its retrieval IDs (``memory.scope``)."""
@@ -279,6 +333,28 @@ class TenantMemory(ABC):
             raise
         if durable:
             await self._outbox.delete(entry.key)
+
+    async def request_consolidation(self, scope: MemoryScope, timeout: float = 2.0) -> bool:
+        """Queue the scope's new turns for consolidation (``memory.consolidation``), if the tenant
+        consolidates; one bounded insert, never the work itself. False if it could not be queued
+        (logged; the turns stay raw and the scope's next request picks them up)."""
+        settings = self.settings.consolidation
+        if not settings.enabled:
+            return False
+        try:
+            pool = await self._resources.loop_pool()
+            await asyncio.wait_for(
+                consolidation.request(pool, self.tenant, scope.retrieval_filters(), settings.delay_secs),
+                timeout,
+            )
+        except Exception as e:
+            log.warning(
+                "memory.consolidation_request_failed tenant=%s error=%s", self.tenant, type(e).__name__
+            )
+            self._observer.consolidation(self.tenant, "request_failed", 0.0, 0, 0, 0)
+            return False
+        self._resources.consolidation_requested()
+        return True
 
     async def purge_local(self, scope: dict[str, str]) -> tuple[int, int]:
         """Drop this process's queued writes and outbox rows under ``scope``: (jobs, rows)."""

@@ -54,7 +54,10 @@ class FakeLLM:
         return web.json_response({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
+        return await self._chat_body(request, await request.json())
+
+    async def _chat_body(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        """The streamed reply to an already decoded request (``FakeExtractionLLM`` shares it)."""
         self.requests.append(body)
         text = reply_for(body.get("messages", []))
         created = int(time.time())
@@ -76,7 +79,7 @@ class FakeLLM:
         end = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
         await resp.write(f"data: {json.dumps(end)}\n\n".encode())
         if body.get("stream_options", {}).get("include_usage"):
-            usage = {
+            usage: dict[str, Any] = {
                 **base,
                 "choices": [],
                 "usage": {

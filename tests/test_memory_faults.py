@@ -45,11 +45,20 @@ async def test_slow_backend_gets_the_generic_greeting_before_the_backend_answers
     client = await proxied.connect(user_id="ada")
     greeting = await client.bot_turn(timeout=2.5)
     assert "nice to meet you" in greeting.lower() and "Ada" not in greeting
-    assert proxied.sample("gateway_greeting_seconds_count", tenant=proxied.tenant, memories="fallback") == 1
+    assert (
+        proxied.sample(
+            "gateway_greeting_seconds_count", tenant=proxied.tenant, memories="fallback", source="template"
+        )
+        == 1
+    )
     # The greeting waited for its deadline (0.3 s), not for the backend (3 s per round trip).
     assert (
         proxied.sample(
-            "gateway_greeting_seconds_bucket", tenant=proxied.tenant, memories="fallback", le="1.0"
+            "gateway_greeting_seconds_bucket",
+            tenant=proxied.tenant,
+            memories="fallback",
+            source="template",
+            le="1.0",
         )
         == 1
     )

@@ -13,7 +13,7 @@ CONTRACT = {
     "gateway_sessions_active": {"tenant"},
     "gateway_sessions_total": {"tenant", "outcome"},
     "gateway_rejections_total": {"tenant", "reason"},
-    "gateway_greeting_seconds": {"tenant", "memories"},
+    "gateway_greeting_seconds": {"tenant", "memories", "source"},
     "gateway_memory_seconds": {"tenant", "operation", "backend"},
     "gateway_memory_errors_total": {"tenant", "operation"},
     "gateway_memory_pending_writes": {"tenant"},
@@ -55,7 +55,7 @@ async def test_values_match_what_happened(gateway: RunningGateway) -> None:
     tenant = gateway.tenant
 
     greetings = sum(
-        gateway.sample("gateway_greeting_seconds_count", tenant=tenant, memories=kind)
+        gateway.sample("gateway_greeting_seconds_count", tenant=tenant, memories=kind, source="template")
         for kind in ("none", "recalled", "fallback")
     )
     assert greetings == 3 == gateway.sample("gateway_sessions_total", tenant=tenant, outcome="completed")

@@ -49,7 +49,8 @@ GREETING_LIMIT_MS = 1000.0
 
 def _greeting_fallbacks(gateway: LoadGateway) -> int:
     value = gateway.bench.metrics.registry.get_sample_value(
-        "gateway_greeting_seconds_count", {"tenant": gateway.tenant, "memories": "fallback"}
+        "gateway_greeting_seconds_count",
+        {"tenant": gateway.tenant, "memories": "fallback", "source": "template"},
     )
     return int(value or 0)
 

@@ -166,7 +166,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
 
 
 def _server_mean(registry: Any, tenant: str) -> float | None:
-    labels = {"tenant": tenant, "memories": "none"}
+    labels = {"tenant": tenant, "memories": "none", "source": "template"}
     count = registry.get_sample_value("gateway_greeting_seconds_count", labels)
     total = registry.get_sample_value("gateway_greeting_seconds_sum", labels)
     return float(total) / float(count) * 1000 if count else None

@@ -14,8 +14,8 @@ the recipe in Pipecat's docs.
 
 At each level the three run in interleaved rounds (one gateway session, one connection to each naive
 endpoint), so drift and cache warmth hit them alike. Every seeded store is read back through mem0
-(``get_all`` count + ``search``) before timing, and the gateway's greeting is checked to name the
-user's newest memory.
+(``get_all`` count + ``search``) before timing, and the gateway's greeting is checked to name one
+of the user's 24 newest memories (the pool it ranks).
 """
 
 from __future__ import annotations
@@ -216,10 +216,12 @@ async def run(ctx: BenchContext) -> ScenarioResult:
                                 f"{variant} at {level} memories failed: {count}x {reason}"
                                 for reason, count in server.failures.items()
                             ]
-                    newest = texts[level][-1] if level else None
-                    if newest is not None and newest.rstrip(" .") not in timings[-1].text:
+                    # The greeting ranks the newest 24 (memory.ranking: recency and relevance to the
+                    # agent), so it names one of them, not necessarily the very newest.
+                    recent = [t.rstrip(" .") for t in texts[level][-24:]] if level else []
+                    if recent and not any(t in timings[-1].text for t in recent):
                         raise AssertionError(
-                            f"gateway greeting lacks the newest memory: {timings[-1].text!r}"
+                            f"gateway greeting names none of the newest memories: {timings[-1].text!r}"
                         )
                     for variant, values in (
                         (GATEWAY, [t.total for t in timings]),
@@ -316,7 +318,7 @@ def _server_greeting_means(registry: Any, tenant: str) -> list[str]:
     """The gateway's own ``gateway_greeting_seconds`` (accept → greeting written), mean per outcome."""
     out = []
     for outcome in ("recalled", "none", "fallback"):
-        labels = {"tenant": tenant, "memories": outcome}
+        labels = {"tenant": tenant, "memories": outcome, "source": "template"}
         count = registry.get_sample_value("gateway_greeting_seconds_count", labels)
         total = registry.get_sample_value("gateway_greeting_seconds_sum", labels)
         if count:

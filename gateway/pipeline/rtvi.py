@@ -42,6 +42,7 @@ from pipecat.frames.frames import AggregatedTextFrame, OutputTransportMessageUrg
 from pipecat.pipeline.capabilities import BotCapabilities
 from pipecat.processors.frameworks.rtvi import RTVIProcessor
 from pipecat.utils.string import match_endofsentence
+from pipecat.utils.text.base_text_aggregator import Aggregation
 from pipecat.utils.text.simple_text_aggregator import SimpleTextAggregator
 from pydantic import BaseModel, ValidationError
 
@@ -117,34 +118,77 @@ def answer_client_ready(message: Mapping[str, Any], bot: BotCapabilities) -> lis
     return answer
 
 
+class LineRenderer:
+    """The RTVI messages of one response the LLM service streams in text mode, token by token, as
+    ``RTVIObserver`` and ``LLMTextProcessor`` (Pipecat's ``SimpleTextAggregator``) produce them:
+    ``bot-llm-started``; per token ``bot-llm-text`` and, when the text so far ends a sentence,
+    ``bot-transcription``; ``bot-llm-stopped``; one ``bot-output`` per sentence, as the aggregator
+    completes it (``outputs``), the rest when the response ends.
+
+    In the pipeline a sentence's ``bot-output`` is written when its frame leaves the output transport,
+    after the ``bot-llm-text`` that completed it; a caller streaming tokens writes ``outputs()`` after
+    each token's messages, as the pipeline does when tokens come slower than its processors run.
+    """
+
+    def __init__(self) -> None:
+        self._aggregator = SimpleTextAggregator()
+        self._transcription = ""
+        self._outputs: list[dict[str, Any]] = []
+        self.text = ""
+
+    def started(self) -> list[dict[str, Any]]:
+        return [_dump(RTVI.BotLLMStartedMessage())]
+
+    async def token(self, text: str) -> list[dict[str, Any]]:
+        """``bot-llm-text`` (and ``bot-transcription``) for one token; its sentences wait in ``outputs``."""
+        self.text += text
+        messages = [_dump(RTVI.BotLLMTextMessage(data=RTVI.TextMessageData(text=text)))]
+        self._transcription += text
+        if self._transcription and match_endofsentence(self._transcription):
+            messages.append(
+                _dump(RTVI.BotTranscriptionMessage(data=RTVI.TextMessageData(text=self._transcription)))
+            )
+            self._transcription = ""
+        async for aggregation in self._aggregator.aggregate(text):
+            self._outputs.append(_output(aggregation))
+        return messages
+
+    async def stopped(self) -> list[dict[str, Any]]:
+        """``bot-llm-stopped``; the last sentence goes to ``outputs``."""
+        if (rest := await self._aggregator.flush()) is not None:
+            self._outputs.append(_output(rest))
+        return [_dump(RTVI.BotLLMStoppedMessage())]
+
+    def outputs(self) -> list[dict[str, Any]]:
+        """The ``bot-output`` of each sentence completed since the last call."""
+        outputs, self._outputs = self._outputs, []
+        return outputs
+
+
+def _output(aggregation: Aggregation) -> dict[str, Any]:
+    # A frame, as LLMTextProcessor makes one: its ID is the segment's.
+    frame = AggregatedTextFrame(text=aggregation.text, text_type=aggregation.type)
+    frame.skip_tts = True
+    data = RTVI.BotOutputMessageData(
+        text=frame.text,
+        spoken=False,
+        will_be_spoken=frame.will_be_spoken,
+        output_type=frame.text_type,
+        segment_id=frame.id,
+        spoken_status="new",
+        spoken_progress=None,
+    )
+    return _dump(RTVI.BotOutputMessage(data=data))
+
+
 async def greeting_messages(text: str) -> list[dict[str, Any]]:
-    """What RTVI's observer writes for ``text`` said by the LLM service in text mode, in order."""
-    messages = [
-        _dump(RTVI.BotLLMStartedMessage()),
-        _dump(RTVI.BotLLMTextMessage(data=RTVI.TextMessageData(text=text))),
-    ]
-    if text and match_endofsentence(text):
-        messages.append(_dump(RTVI.BotTranscriptionMessage(data=RTVI.TextMessageData(text=text))))
-    messages.append(_dump(RTVI.BotLLMStoppedMessage()))
-    aggregator = SimpleTextAggregator()
-    aggregations = [a async for a in aggregator.aggregate(text)]
-    if (rest := await aggregator.flush()) is not None:
-        aggregations.append(rest)
-    for aggregation in aggregations:
-        # A frame, as LLMTextProcessor makes one: its ID is the segment's.
-        frame = AggregatedTextFrame(text=aggregation.text, text_type=aggregation.type)
-        frame.skip_tts = True
-        data = RTVI.BotOutputMessageData(
-            text=frame.text,
-            spoken=False,
-            will_be_spoken=frame.will_be_spoken,
-            output_type=frame.text_type,
-            segment_id=frame.id,
-            spoken_status="new",
-            spoken_progress=None,
-        )
-        messages.append(_dump(RTVI.BotOutputMessage(data=data)))
-    return messages
+    """What RTVI's observer writes for ``text`` said by the LLM service in text mode, in order (one
+    frame: its sentences' ``bot-output`` come after ``bot-llm-stopped``)."""
+    line = LineRenderer()
+    messages = line.started()
+    messages += await line.token(text)
+    messages += await line.stopped()
+    return messages + line.outputs()
 
 
 class DirectRTVIProcessor(RTVIProcessor):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from time import perf_counter
 from typing import Any
 
@@ -47,7 +47,14 @@ from gateway import closecodes
 from gateway.logging import get_logger
 from gateway.pipeline import greeting as greetings
 from gateway.pipeline.builder import SessionDeps, SessionPipelineParts, build_pipeline
-from gateway.pipeline.rtvi import answer_client_ready, capabilities, client_ready_id, greeting_messages
+from gateway.pipeline.llm import resolve_endpoint
+from gateway.pipeline.rtvi import (
+    LineRenderer,
+    answer_client_ready,
+    capabilities,
+    client_ready_id,
+    greeting_messages,
+)
 from gateway.pipeline.serializers import create_serializer
 from gateway.pipeline.transport import (
     AiohttpWebsocketClient,
@@ -198,6 +205,7 @@ class Session:
         self._closed = False
         self._owes_greeting = True
         self._expiry: asyncio.Task[None] | None = None
+        self._replies = 0
         deps.builds.greeting_owed()
 
     # -- what the registry and routes use ------------------------------------------------------------
@@ -363,8 +371,13 @@ class Session:
             error = RTVI.Error(data=RTVI.ErrorData(error=unavailable, fatal=False))
             await self.client.send_message(error.model_dump(exclude_none=True))
         deadline = self._accepted_at + (settings.deadline_secs or self.deps.settings.greeting_deadline_secs)
-        prefetch = self._prefetch or greetings.start_prefetch(self._backend, self.scope, settings)
-        self._greeting = greeting = await greetings.collect(prefetch, settings, deadline)
+        prefetch = self._prefetch or greetings.start_prefetch(self._backend, self.scope, self.tenant)
+        greeting = await greetings.collect(prefetch, settings, deadline)
+        if settings.mode == "llm" and greeting.outcome == "recalled":
+            if await self._greet_with_llm(greeting):
+                return
+            greeting = replace(greeting, source="fallback")
+        self._greeting = greeting
         self.store.exclude(greeting.text)
         if self._parts is None:
             await self._write_line(greeting.text)
@@ -374,12 +387,66 @@ class Session:
             self._greeting_pushed = True
             await self._push_line(greeting.text)
 
-    async def _write_line(self, text: str) -> None:
-        """Say ``text`` as the LLM service would, written by the session itself (no pipeline)."""
-        messages = await greeting_messages(text)
+    async def _greet_with_llm(self, greeting: greetings.Greeting) -> bool:
+        """``greeting.mode: llm``: the tenant's LLM writes the greeting from its facts, streamed as the
+        first bot output — written here in text mode (the messages the pipeline would write), pushed
+        from the LLM service on (TTS and all) with speech out. False, nothing said, if the LLM gave
+        no first token in time (the caller then says the template)."""
+        endpoint = resolve_endpoint(self.tenant, self.deps.settings)
+        if endpoint is None:
+            return False
+        client = self.deps.openai_clients.get(api_key=endpoint.api_key, base_url=endpoint.base_url)
+        tokens = greetings.stream_llm(
+            client,
+            model=endpoint.model,
+            messages=greetings.llm_messages(greeting, self.tenant),
+            settings=self.tenant.greeting,
+            temperature=endpoint.temperature,
+        )
+        try:
+            token = await anext(tokens)
+        except greetings.LLMGreetingFailed as e:
+            log.info("greeting.llm_fallback", reason=str(e))
+            return False
+        line = LineRenderer()
+        pushing = self._parts is not None
+        if pushing:
+            assert self._parts is not None
+            await self._parts.llm.push_frame(LLMFullResponseStartFrame())
+        else:
+            await self._send_all(line.started())
+        while True:
+            if pushing:
+                assert self._parts is not None
+                line.text += token
+                await self._parts.llm.push_frame(LLMTextFrame(token))
+            else:
+                await self._send_all([*await line.token(token), *line.outputs()])
+            try:
+                token = await anext(tokens)
+            except StopAsyncIteration:
+                break
+        text = line.text
+        self._greeting = replace(greeting, text=text, source="llm")
+        self.store.exclude(text)
+        if pushing:
+            assert self._parts is not None
+            self._greeting_pushed = True
+            await self._parts.llm.push_frame(LLMFullResponseEndFrame())
+        else:
+            await self._send_all([*await line.stopped(), *line.outputs()])
+            self.context.add_message({"role": "assistant", "content": text})
+            self._greeted()
+        return True
+
+    async def _send_all(self, messages: list[dict[str, Any]]) -> None:
         async with self._writing:
             for message in messages:
                 await self.client.send_message(message)
+
+    async def _write_line(self, text: str) -> None:
+        """Say ``text`` as the LLM service would, written by the session itself (no pipeline)."""
+        await self._send_all(await greeting_messages(text))
 
     async def _push_line(self, text: str) -> None:
         """Say ``text`` where the LLM speaks: from the LLM service on, exactly like a reply (RTVI's
@@ -411,12 +478,14 @@ class Session:
         greeting = self._greeting
         elapsed = asyncio.get_running_loop().time() - self._accepted_at
         outcome = greeting.outcome if greeting else "fallback"
-        self.deps.metrics.greeting_seconds.labels(self.tenant.name, outcome).observe(elapsed)
+        source = greeting.source if greeting else "template"
+        self.deps.metrics.greeting_seconds.labels(self.tenant.name, outcome, source).observe(elapsed)
         log.info(
             "session.greeted",
             seconds=round(elapsed, 4),
             memories=greeting.memories if greeting else 0,
             outcome=outcome,
+            source=source,
         )
 
     def _paid(self) -> None:
@@ -473,6 +542,11 @@ class Session:
             await self.store.store_new(self.context)
         except Exception:
             log.exception("session.store_failed")
+        self._replies += 1
+        every = self._backend.settings.consolidation.after_turns
+        if every and self._replies % every == 0:
+            # Its turns so far are queued; consolidation runs elsewhere (memory.consolidation).
+            await self._backend.request_consolidation(self.scope)
 
     async def _on_client_gone(self) -> None:
         """The socket ended. A client that said goodbye (or was closed) is gone; one whose network
@@ -542,5 +616,8 @@ class Session:
                 log.warning("session.writes_pending")
         except Exception:
             log.exception("session.store_failed")
+        if self._connected and self.store.stored:
+            # Off this session's path: one queued job, whose worker may run on any replica.
+            await self._backend.request_consolidation(self.scope)
         await self.client.close(closecodes.NORMAL, "session ended")
         await self.client.stop_reading()

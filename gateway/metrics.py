@@ -82,6 +82,12 @@ class GatewayMetrics:
             ["tenant"],
             registry=r,
         )
+        self.memory_purged_total = Counter(
+            "gateway_memory_purged_total",
+            "Memories the retention purge deleted, by kind: turn (stored as said) or fact (extracted)",
+            ["tenant", "kind"],
+            registry=r,
+        )
         self.ttfb_seconds = Histogram(
             "gateway_ttfb_seconds",
             "Pipecat time to first byte per service (llm, stt, tts)",
@@ -160,6 +166,9 @@ class GatewayMetrics:
 
     def outbox_full(self, tenant: str) -> None:
         self.memory_outbox_full_total.labels(tenant).inc()
+
+    def purged(self, tenant: str, kind: str, count: int) -> None:
+        self.memory_purged_total.labels(tenant, kind).inc(count)
 
     def reject(self, tenant: str | None, reason: str) -> None:
         self.rejections_total.labels(tenant or "unknown", reason).inc()

@@ -91,10 +91,11 @@ def create_pool(conninfo: str, *, min_size: int = 1, max_size: int = 8, name: st
 
 
 def _visible(
-    filters: dict[str, Any] | None, retention: Retention, *, unexpired: bool = False
+    filters: dict[str, Any] | None, retention: Retention, *, unexpired: bool = False, current: bool = False
 ) -> tuple[str, list[Any]]:
     """The WHERE clause (without the keyword) of the filtered rows a read may return: within the
-    tenant's retention, and with ``unexpired``, not past mem0's own ``expiration_date``.
+    tenant's retention; with ``unexpired``, not past mem0's own ``expiration_date``; with ``current``,
+    not superseded (``CURRENT``).
 
     ``unexpired`` leaves out rows whose ISO ``expiration_date`` is before today (UTC), as mem0's
     ``get_all`` does afterwards in Python, so that a LIMIT is exact instead of over-fetched.
@@ -107,9 +108,16 @@ def _visible(
     if unexpired:
         conditions.append(UNEXPIRED)
         params.append(now.date().isoformat())
+    if current:
+        conditions.append(CURRENT)
     return (" AND ".join(f"({c})" for c in conditions) if conditions else "TRUE"), params
 
 
+# What the greeting's listing and the searches see of post-session consolidation (issue 16, its
+# payload keys ``superseded_at`` and ``consolidated_at``): a fact a newer one superseded stays for
+# audit, and a turn consolidation turned into facts stays too, but neither is recalled. Rows of tenants
+# that do not consolidate carry neither key.
+CURRENT = "NOT (payload ? 'superseded_at' OR payload ? 'consolidated_at')"
 # mem0's ``expiration_date`` (an ISO date): a row past it is never returned (mem0's ``_payload_is_expired``).
 UNEXPIRED = "coalesce(payload->>'expiration_date', '') = '' OR payload->>'expiration_date' >= %s"
 
@@ -121,10 +129,11 @@ def _newest_first(
     *,
     unexpired: bool = False,
     retention: Retention = KEEP_FOREVER,
+    current: bool = False,
 ) -> tuple[sql.Composed, list[Any]]:
     """``SELECT id, payload`` of the filtered, visible rows (``_visible``), newest first, at most
     ``top_k``."""
-    where, params = _visible(filters, retention, unexpired=unexpired)
+    where, params = _visible(filters, retention, unexpired=unexpired, current=current)
     statement = sql.SQL(
         "SELECT id, payload FROM {} WHERE " + where + " ORDER BY payload->>'created_at' DESC, id LIMIT %s"
     ).format(table)
@@ -149,7 +158,7 @@ def _hybrid(
     ``scoped`` is MATERIALIZED so the planner takes the scope's rows through its indexes and ranks
     them exactly instead of walking the HNSW index (which would filter after a fixed candidate count).
     """
-    where, params = _visible(filters, retention, unexpired=True)
+    where, params = _visible(filters, retention, unexpired=True, current=True)
     statement = sql.SQL(
         """
         WITH scoped AS MATERIALIZED (
@@ -359,30 +368,34 @@ class IndexedPGVector(mem0compat.PGVectorBase):
         filters: dict[str, Any] | None = None,
     ) -> list[OutputData]:
         """mem0's vector search (mem0's ``Memory.search`` and ``add(infer=True)`` call it): exact within
-        the filters, leaving out what retention expired."""
+        the filters, leaving out what retention expired and what was superseded."""
         self.ensure_collection()
-        conditions, params = mem0compat.build_filter_conditions(filters)
-        kept, kept_params = self.retention.kept(datetime.now(UTC))
-        conditions, params = conditions + kept, params + kept_params
+        scoped = bool(mem0compat.build_filter_conditions(filters)[0])
+        where, params = _visible(filters, self.retention, current=True)
         query_vector = _as_vector(vectors)
         with self.cursor() as cur:
-            if conditions:
+            if scoped:
                 # MATERIALIZED keeps the planner from pushing ORDER BY/LIMIT into the HNSW scan.
                 statement = sql.SQL(
                     """
                     WITH scoped AS MATERIALIZED (
-                        SELECT id, vector, payload FROM {} WHERE {}
+                        SELECT id, vector, payload FROM {} WHERE """
+                    + where
+                    + """
                     )
                     SELECT id, vector <=> %s AS distance, payload
                     FROM scoped ORDER BY distance LIMIT %s
                     """
-                ).format(self.table(), sql.SQL(" AND ".join(f"({c})" for c in conditions)))
-                cur.execute(statement, (*params, query_vector, top_k))
+                ).format(self.table())
             else:
                 statement = sql.SQL(
-                    "SELECT id, vector <=> %s AS distance, payload FROM {} ORDER BY distance LIMIT %s"
+                    "SELECT id, vector <=> %s AS distance, payload FROM {} WHERE "
+                    + where
+                    + " ORDER BY distance LIMIT %s"
                 ).format(self.table())
-                cur.execute(statement, (query_vector, top_k))
+            cur.execute(
+                statement, (*params, query_vector, top_k) if scoped else (query_vector, *params, top_k)
+            )
             rows = cur.fetchall()
         return [OutputData(id=str(r[0]), score=max(0.0, 1.0 - float(r[1])), payload=r[2]) for r in rows]
 
@@ -421,12 +434,12 @@ class IndexedPGVector(mem0compat.PGVectorBase):
         page (keyset pagination: each page is one indexed, bounded query, however large the table)."""
         self.ensure_collection()
         where, params = _visible(filters, self.retention, unexpired=True)
+        written = "coalesce(payload->>'created_at', '') COLLATE \"C\""  # byte order, as retention's
         if after is not None:
-            where += " AND (coalesce(payload->>'created_at', ''), id) > (%s, %s::uuid)"
+            where += f" AND ({written}, id) > (%s, %s::uuid)"
             params += list(after)
         statement = sql.SQL(
-            "SELECT id, payload FROM {} WHERE " + where + " ORDER BY coalesce(payload->>'created_at', ''), id"
-            " LIMIT %s"
+            "SELECT id, payload FROM {} WHERE " + where + f" ORDER BY {written}, id LIMIT %s"
         ).format(self.table())
         with self.cursor() as cur:
             cur.execute(statement, [*params, limit])
@@ -542,7 +555,7 @@ class AsyncLister:
     async def list(self, filters: dict[str, Any], top_k: int) -> list[OutputData]:
         """The newest ``top_k`` unexpired rows within retention matching ``filters``."""
         statement, params = _newest_first(
-            self._table, filters, top_k, unexpired=True, retention=self.retention
+            self._table, filters, top_k, unexpired=True, retention=self.retention, current=True
         )
         async with self._pool.connection() as conn:
             cursor = await conn.execute(statement, params)

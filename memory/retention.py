@@ -38,7 +38,10 @@ log = logging.getLogger(__name__)
 
 # A row is a turn when its payload has a role (``infer=False`` stores each message with its role).
 _TURN = "payload ? 'role'"
-_FACT_AGE = "coalesce(payload->>'updated_at', payload->>'created_at')"
+# Timestamps compare byte-wise (COLLATE "C"): a database whose default collation is a language's
+# (en_US.UTF-8) compares punctuation by other rules.
+_TURN_AGE = "payload->>'created_at' COLLATE \"C\""
+_FACT_AGE = "coalesce(payload->>'updated_at', payload->>'created_at') COLLATE \"C\""
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from typing import Any
 
 import psycopg
@@ -9,6 +11,7 @@ from psycopg import sql
 
 from gateway.keys import backends_key, tenants_key
 from memory import pgvector, retrieval
+from memory.outbox import OutboxEntry
 from memory.scope import MemoryScope
 from memory.tenant import TenantMemory
 from tests.conftest import GatewayFactory, RunningGateway, unique
@@ -184,3 +187,33 @@ async def test_a_turn_recalls_a_fact_from_an_earlier_session_by_its_name(
     request = next(r for r in reversed(fake_llm.requests) if QUESTION in str(r["messages"]))
     recalled = [m for m in request["messages"] if "I recall" in str(m.get("content"))]
     assert len(recalled) == 1 and "Pistachio" in recalled[0]["content"]
+
+
+async def test_superseded_facts_and_consolidated_turns_are_not_searched(gateway: RunningGateway) -> None:
+    """Post-session consolidation marks what it replaced (``superseded_at``, ``consolidated_at``): kept for
+    audit, never recalled — by the per-turn search, the greeting's listing, or mem0's own search."""
+    backend = await _backend(gateway)
+    scope = MemoryScope(gateway.tenant, user_id="ada")
+    marks = {
+        "I live in Lyon": {"superseded_at": "2026-01-02T00:00:00+00:00"},
+        "i live in lyon now": {"consolidated_at": "2026-01-02T00:00:00+00:00"},
+    }
+    for i, (text, mark) in enumerate([*marks.items(), ("I live in Oslo", {})]):
+        entry = OutboxEntry(
+            key=unique("k"),
+            tenant=gateway.tenant,
+            ids=scope.storage_ids(),
+            role="user" if i == 1 else "",
+            content=text,
+            infer=False,
+            session_start="2026-01-01T00:00:00+00:00",
+            metadata={"source": "test", **mark},
+        )
+        await backend.add_entry(entry)
+    assert await _search(backend, scope, "where do I live?") == ["I live in Oslo"]
+    assert [m["memory"] for m in await backend.recent(scope, 10)] == ["I live in Oslo"]
+    mem0_search = functools.partial(
+        backend.client.search, "where do I live?", filters=scope.retrieval_filters()
+    )
+    found = (await asyncio.to_thread(mem0_search, top_k=5))["results"]
+    assert [m["memory"] for m in found] == ["I live in Oslo"]

@@ -195,6 +195,12 @@ class LocalMemory(TenantMemory):
             last = rows[-1]
             after = ((last.payload or {}).get("created_at") or "", last.id)
 
+    async def backfill_text_search(self, batch: int = 200) -> int:
+        store = self.client.vector_store
+        if not isinstance(store, pgvector.IndexedPGVector) or not store.fts_backfill:
+            return 0
+        return await self._call("backfill", functools.partial(store.backfill_text_search, batch))
+
     async def purge_expired(self, *, batch: int, max_batches: int) -> Purged | None:
         store, db = self.client.vector_store, self.client.db
         if not isinstance(store, pgvector.IndexedPGVector) or store.retention.forever:

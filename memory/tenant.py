@@ -286,6 +286,11 @@ class TenantMemory(ABC):
         raise ValueError(f"memory backend {self.kind!r} does not export")
         yield []  # pragma: no cover  (makes this an async generator)
 
+    async def backfill_text_search(self, batch: int = 200) -> int:
+        """Fill the full-text column of rows an earlier version wrote (``memory.pgvector``); how many
+        were filled (0: nothing left, or a kind without one)."""
+        return 0
+
     async def purge_expired(self, *, batch: int, max_batches: int) -> Purged | None:
         """Delete what the tenant's retention has expired (``memory.retention``); a kind that keeps
         no retention purges nothing."""

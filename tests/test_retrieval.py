@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import uuid
 from typing import Any
 
 import psycopg
@@ -136,39 +137,60 @@ async def test_search_mode_mem0_runs_mem0s_own_search(make_gateway: GatewayFacto
     assert await _search(backend, scope, "yes") == ["yes"] * 3
 
 
-def test_an_earlier_table_gets_the_text_search_column_and_index(database_url: str, embed_model: Any) -> None:
-    """A table made before hybrid search (no ``fts``) gains the column, filled for its existing rows,
-    and its GIN index the first time a store of this version opens it."""
+def test_an_earlier_table_is_searched_at_once_and_filled_in_the_background(
+    database_url: str, embed_model: Any
+) -> None:
+    """A table made before hybrid search (no ``fts``) is upgraded without a rewrite: a plain column kept
+    by a trigger for new rows, its GIN index, existing rows searched meanwhile (computed on the fly) and
+    filled batch by batch; a new table gets a generated column."""
     collection = f"mem0_{unique('old')}"
     pool = pgvector.create_pool(database_url, max_size=2, name="fts-upgrade")
+
+    def column(conn: psycopg.Connection[Any]) -> Any:
+        return conn.execute(
+            "SELECT attgenerated FROM pg_attribute WHERE attrelid = to_regclass(quote_ident(%s))"
+            " AND attname = 'fts'",
+            (collection,),
+        ).fetchone()
+
+    def filled(conn: psycopg.Connection[Any]) -> list[Any]:
+        statement = sql.SQL("SELECT payload->>'data', fts IS NOT NULL FROM {} ORDER BY 1")
+        return conn.execute(statement.format(sql.Identifier(collection))).fetchall()
+
     try:
         old = _open_store(collection, pool, 256, hnsw=True)
         old.ensure_collection()
-        with old.cursor(commit=True) as cur:  # what the previous version left: no fts column, no index
-            cur.execute(sql.SQL("ALTER TABLE {} DROP COLUMN fts").format(sql.Identifier(collection)))
-        vector = embed_model.embed(["my dog is called Biscuit"], norm=True)[0].tolist()
-        old.insert(
-            [vector],
-            [{"user_id": "t/ada", "data": "my dog is called Biscuit"}],
-            ["0" * 8 + "-0000-4000-8000-" + "0" * 12],
-        )
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            assert column(conn) == ("s",)  # a new table: generated
+            conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN fts").format(sql.Identifier(collection)))
+        texts = ["my dog is called Biscuit", "i sail on weekends", "hello there"]
+        vectors = [v.tolist() for v in embed_model.embed(texts, norm=True)]
+        payloads = [{"user_id": "t/ada", "data": t} for t in texts]
+        old.insert(vectors, payloads, [str(uuid.uuid4()) for _ in texts])  # what the previous version wrote
 
         new = _open_store(collection, pool, 256, hnsw=True)
         new.ensure_collection()
+        found = new.hybrid_search("how are my dogs?", vectors[0], 1, {"user_id": "t/ada"}, threshold=0.0)
+        assert [r.payload["data"] for r in found] == ["my dog is called Biscuit"]  # before any backfill
+        new.insert([vectors[1]], [{"user_id": "t/ada", "data": "a new row"}], [str(uuid.uuid4())])
         with psycopg.connect(database_url) as conn:
-            indexes = {
-                r[0]
-                for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s", (collection,))
-            }
-            matches = conn.execute(
-                sql.SQL(
-                    "SELECT count(*) FROM {} WHERE fts @@ websearch_to_tsquery('english', 'dogs')"
-                ).format(sql.Identifier(collection))
+            assert column(conn) == ("",)
+            assert [r[1] for r in filled(conn)] == [
+                True,
+                False,
+                False,
+                False,
+            ]  # the trigger filled the new row
+            assert conn.execute(
+                "SELECT 1 FROM pg_indexes WHERE indexname = %s", (f"{collection}_fts_idx",)
             ).fetchone()
-        assert f"{collection}_fts_idx" in indexes
-        assert matches == (1,)
-        found = new.hybrid_search("how are my dogs?", vector, 5, {"user_id": "t/ada"}, threshold=0.0)
-        assert [r.payload["data"] for r in found] == ["my dog is called Biscuit"]
+        assert [new.backfill_text_search(2), new.backfill_text_search(2), new.backfill_text_search(2)] == [
+            2,
+            1,
+            0,
+        ]
+        with psycopg.connect(database_url) as conn:
+            assert all(done for _, done in filled(conn))
         new.delete_col()
     finally:
         pool.close()

@@ -567,6 +567,14 @@ class IndexedPGVector(mem0compat.PGVectorBase):
             row = cur.fetchone()
         return int(row[0]) if row else 0
 
+    def delete_col(self) -> None:
+        """mem0's ``DROP TABLE``, and the trigger function an upgraded table had (``_add_text_search``)."""
+        super().delete_col()
+        with self.cursor(commit=True) as cur:
+            cur.execute(
+                sql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(f"{self.collection_name}_fts"))
+            )
+
     def __del__(self) -> None:
         # The pool is owned by the backend registry and shared with the entity store; mem0's
         # ``__del__`` would close it under everyone's feet when any copy is collected.

@@ -192,6 +192,10 @@ def test_an_earlier_table_is_searched_at_once_and_filled_in_the_background(
         with psycopg.connect(database_url) as conn:
             assert all(done for _, done in filled(conn))
         new.delete_col()
+        with psycopg.connect(database_url) as conn:  # the trigger's function goes with its table
+            assert conn.execute("SELECT to_regproc(quote_ident(%s))", (f"{collection}_fts",)).fetchone() == (
+                None,
+            )
     finally:
         pool.close()
 

@@ -337,8 +337,12 @@ async def _portability(backend: Any, args: argparse.Namespace) -> int:
         print(f"exported {count} memories of tenant {backend.tenant!r}", file=sys.stderr)
         return 0
     now = datetime.now(UTC)
-    with args.input.open(encoding="utf-8") as lines:
-        valid, errors = portability.check_jsonl(lines, now)
+    try:
+        with args.input.open(encoding="utf-8") as lines:
+            valid, errors = portability.check_jsonl(lines, now)
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"error: {args.input}: {e}", file=sys.stderr)
+        return 2
     if errors or not valid:
         for error in errors or ["no memories in the file"]:
             print(f"error: {args.input}: {error}", file=sys.stderr)

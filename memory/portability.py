@@ -119,6 +119,8 @@ def parse_item(item: Any, now: datetime | None = None) -> ImportedMemory:
     text = storable(raw)
     if not text:
         raise InvalidMemory("text is empty")
+    if not _unicode(text):
+        raise InvalidMemory("text is not valid Unicode (a lone surrogate)")
     if len(text.encode()) > MAX_TEXT_BYTES:
         raise InvalidMemory(f"text is longer than {MAX_TEXT_BYTES} bytes")
     ids: dict[str, str] = {}
@@ -174,11 +176,23 @@ def _metadata(value: Any) -> dict[str, Any]:
         encoded = json.dumps(value, allow_nan=False)
     except ValueError:
         raise InvalidMemory("metadata must be plain JSON (no NaN or Infinity)") from None
+    if not _unicode(json.dumps(value, ensure_ascii=False)):
+        raise InvalidMemory("metadata is not valid Unicode (a lone surrogate)")
     if len(encoded.encode()) > MAX_METADATA_BYTES:
         raise InvalidMemory(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
     if "\\u0000" in encoded:
         raise InvalidMemory("metadata may not contain NUL characters")
     return dict(value)
+
+
+def _unicode(text: str) -> bool:
+    """False for text UTF-8 cannot encode: JSON may escape a lone surrogate (``\\ud800``), which neither
+    the outbox (SQLite) nor PostgreSQL's ``jsonb`` can store."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _expiration(value: Any) -> str | None:

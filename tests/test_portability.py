@@ -122,6 +122,12 @@ async def test_one_invalid_item_refuses_the_request_and_writes_nothing(gateway: 
             "memories[1]: metadata may not set user_id",
         ),
         ({"text": "x" * 20_000, "user_id": "ada"}, "memories[1]: text is longer than 16384 bytes"),
+        ({"text": "lone \ud800", "user_id": "ada"}, "memories[1]: text is not valid Unicode"),
+        ({"text": "x", "user_id": "ada", "metadata": {"k": "\ud800"}}, "memories[1]: metadata is not valid"),
+        (
+            {"text": "x", "user_id": "ada", "metadata": {"k": "nul\x00"}},
+            "memories[1]: metadata may not contain NUL",
+        ),
     ]
     for bad, message in cases:
         status, answer = await _post(gateway, {"memories": [good, bad]})

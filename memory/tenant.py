@@ -109,6 +109,9 @@ class TenantMemory(ABC):
     its reads pass (``read_filters``).
     """
 
+    #: Whether the kind takes imports (``POST /v1/memories``, ``memories import``) and exports.
+    portable: bool = False
+
     def __init__(
         self,
         *,
@@ -260,9 +263,6 @@ class TenantMemory(ABC):
             return client.add(messages, metadata=metadata, infer=infer, **ids)
 
         await self._call("add", lambda: mem0compat.run_writing(start, ids, add))
-
-    #: Whether the kind takes imports (``POST /v1/memories``, ``memories import``) and exports.
-    portable: bool = False
 
     def _add_fact(self, text: str, payload: dict[str, Any]) -> Callable[[], Any]:
         """The blocking call that stores ``text`` as a fact (no role) with ``payload``."""

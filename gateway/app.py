@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import routes
+from gateway import memory_import, routes
 from gateway.cluster import InProcessRegistry, SessionRegistry
 from gateway.keys import (
     backends_key,
@@ -34,6 +34,7 @@ from gateway.tenants import TenantFileError, TenantRegistry
 from gateway.tokens import SessionTokens, load_or_create_secret
 from gateway.web import setup_web
 from memory.backends import MemoryBackends
+from memory.retention import RetentionJob
 
 log = get_logger(__name__)
 
@@ -84,11 +85,13 @@ def create_app(
     app.cleanup_ctx.append(_memory_ctx)
     app.cleanup_ctx.append(_deps_ctx)
     app.cleanup_ctx.append(_tenants_reload_ctx)
+    app.cleanup_ctx.append(_retention_ctx)
     if settings.metrics_port is not None:
         app.cleanup_ctx.append(_metrics_site_ctx)
     app[metrics_key].publish_tenants(_limits(app[tenants_key]))
     app.on_shutdown.append(_drain)
     routes.setup(app)
+    memory_import.setup(app)
     setup_web(app)
     return app
 
@@ -106,6 +109,22 @@ async def _memory_ctx(app: web.Application) -> AsyncIterator[None]:
     log.info("memory.ready", database="embedded" if backends.embedded else "external")
     yield
     await backends.close(app[settings_key].shutdown_grace_secs)
+
+
+async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The purge of memories past their tenant's retention (``memory.retention``), in the background."""
+    every = app[settings_key].retention_interval_secs
+    tenants, backends = app[tenants_key], app[backends_key]
+    job = RetentionJob(
+        tenants=lambda: [(t.name, t.memory) for t in tenants if t.active],
+        backend_for=backends.for_tenant,
+        interval=every,
+    )
+    task = asyncio.create_task(job.run(), name="memory-retention") if every > 0 else None
+    yield
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def _deps_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -285,10 +285,18 @@ async def _memories(settings: Settings, args: argparse.Namespace) -> int:
     if tenant is None:
         print(f"error: no tenant named {args.tenant!r}", file=sys.stderr)
         return 2
-    backends = MemoryBackends(data_dir=settings.data_dir, database_url=settings.database_url, max_workers=2)
+    if args.action in ("list", "forget") and not args.user:
+        print(f"error: {args.action} needs --user", file=sys.stderr)
+        return 2
+    if args.action == "import" and not args.input:
+        print("error: import needs --input FILE (JSONL)", file=sys.stderr)
+        return 2
+    backends = MemoryBackends(data_dir=settings.data_dir, database_url=settings.database_url, max_workers=4)
     await backends.start()
     try:
         backend = await backends.for_tenant(tenant.name, tenant.memory)
+        if args.action in ("export", "import"):
+            return await _portability(backend, args)
         scope = MemoryScope(tenant.name, args.user, args.agent)
         if args.action == "forget":
             if not args.yes:
@@ -305,6 +313,49 @@ async def _memories(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     finally:
         await backends.close()
+
+
+async def _portability(backend: Any, args: argparse.Namespace) -> int:
+    """``memories export`` (JSONL to ``--output`` or stdout) and ``memories import --input``: the
+    formats of ``memory.portability``. An import checks the whole file first and writes nothing if a
+    line is invalid."""
+    from datetime import UTC, datetime
+
+    from memory import portability
+    from memory.scope import MemoryScope
+
+    if not backend.portable:
+        print(f"error: {args.action} needs memory.backend pgvector", file=sys.stderr)
+        return 2
+    if args.action == "export":
+        scope = MemoryScope(backend.tenant, args.user, args.agent) if args.user or args.agent else None
+        if args.output is None:
+            count = await portability.export_jsonl(backend, scope, sys.stdout)
+        else:
+            with args.output.open("w", encoding="utf-8") as out:
+                count = await portability.export_jsonl(backend, scope, out)
+        print(f"exported {count} memories of tenant {backend.tenant!r}", file=sys.stderr)
+        return 0
+    now = datetime.now(UTC)
+    try:
+        with args.input.open(encoding="utf-8") as lines:
+            valid, errors = portability.check_jsonl(lines, now)
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"error: {args.input}: {e}", file=sys.stderr)
+        return 2
+    if errors or not valid:
+        for error in errors or ["no memories in the file"]:
+            print(f"error: {args.input}: {error}", file=sys.stderr)
+        print("nothing imported", file=sys.stderr)
+        return 2
+    with args.input.open(encoding="utf-8") as lines:
+        report = await portability.import_jsonl(backend, lines, now=now)
+    print(
+        f"imported {report.written} memories into tenant {backend.tenant!r} (already stored ones kept once;"
+        f" {report.expired} past the tenant's retention skipped)",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def memories(args: argparse.Namespace) -> int:
@@ -339,11 +390,15 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--json", action="store_true", help="list: JSON output")
     t.set_defaults(func=tenants)
 
-    m = sub.add_parser("memories", parents=[common], help="list or forget one user's memories")
-    m.add_argument("action", choices=["list", "forget"])
+    m = sub.add_parser(
+        "memories", parents=[common], help="list or forget one user's memories; export or import (JSONL)"
+    )
+    m.add_argument("action", choices=["list", "forget", "export", "import"])
     m.add_argument("--tenant", required=True)
-    m.add_argument("--user", required=True)
+    m.add_argument("--user", help="list, forget: required; export: only this user's memories")
     m.add_argument("--agent", help="only memories with this agent")
+    m.add_argument("--output", type=Path, help="export: write here (default: stdout)")
+    m.add_argument("--input", type=Path, help="import: the JSONL file")
     m.add_argument("--limit", type=int, default=100)
     m.add_argument("--json", action="store_true")
     m.add_argument("--yes", action="store_true", help="forget: confirm")

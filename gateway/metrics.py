@@ -115,6 +115,12 @@ class GatewayMetrics:
             ["tenant"],
             registry=r,
         )
+        self.memory_purged_total = Counter(
+            "gateway_memory_purged_total",
+            "Memories the retention purge deleted, by kind: turn (stored as said) or fact (extracted)",
+            ["tenant", "kind"],
+            registry=r,
+        )
         self.ttfb_seconds = Histogram(
             "gateway_ttfb_seconds",
             "Pipecat time to first byte per service (llm, stt, tts)",
@@ -209,6 +215,9 @@ class GatewayMetrics:
 
     def consolidation_backlog(self, tenant: str, jobs: int) -> None:
         self.consolidation_backlog_jobs.labels(tenant).set(jobs)
+
+    def purged(self, tenant: str, kind: str, count: int) -> None:
+        self.memory_purged_total.labels(tenant, kind).inc(count)
 
     def reject(self, tenant: str | None, reason: str) -> None:
         self.rejections_total.labels(tenant or "unknown", reason).inc()

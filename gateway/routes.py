@@ -39,12 +39,9 @@ from gateway.pipeline.transport import SocketHandle
 from gateway.tenants import TenantConfig
 from gateway.tokens import SessionClaims, TokenError, TokenExpired
 from gateway.workers import worker_port
-from memory.scope import MemoryScope
+from memory.scope import ID_KEYS, ID_PATTERN, MemoryScope
 
 log = get_logger(__name__)
-
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}$")
-ID_KEYS = ("user_id", "agent_id", "run_id")
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -71,7 +68,7 @@ def reject(
     return _error(status, message, headers)
 
 
-def _memory_unavailable(request: web.Request, tenant: str) -> web.Response:
+def memory_unavailable(request: web.Request, tenant: str) -> web.Response:
     return reject(
         request, tenant, "memory_unavailable", 503, "memory backend unavailable", {"Retry-After": "5"}
     )
@@ -121,7 +118,7 @@ def _ws_base(request: web.Request) -> str:
     return f"{scheme}://{request.host}"
 
 
-def _authenticate(request: web.Request) -> TenantConfig | web.Response:
+def authenticate(request: web.Request) -> TenantConfig | web.Response:
     """The active tenant whose API key the request bears, or the refusal to send."""
     tenant = request.app[tenants_key].authenticate(_bearer(request))
     if tenant is None:
@@ -167,7 +164,7 @@ async def start(request: web.Request) -> web.StreamResponse:
     keyless = request.app.get(keyless_start_key)
     if keyless is not None and "Authorization" not in request.headers:
         return await keyless(request)
-    tenant = _authenticate(request)
+    tenant = authenticate(request)
     if isinstance(tenant, web.Response):
         return tenant
     return await start_session(request, tenant, request.json)
@@ -213,7 +210,7 @@ async def start_session(
         backend = await app[backends_key].for_tenant(tenant.name, tenant.memory)
     except Exception:
         log.exception("start.memory_unavailable")
-        return _memory_unavailable(request, tenant.name)
+        return memory_unavailable(request, tenant.name)
 
     token, claims = app[tokens_key].issue(tenant=tenant.name, serializer=serializer, **ids)
     structlog.contextvars.bind_contextvars(session_id=claims.session_id)
@@ -446,7 +443,7 @@ async def memories(request: web.Request) -> web.Response:
     The tenant comes from the API key alone and every ID is namespaced under it, so asking about a
     user of another tenant finds nothing — it cannot even tell whether that user exists there.
     """
-    tenant = _authenticate(request)
+    tenant = authenticate(request)
     if isinstance(tenant, web.Response):
         return tenant
     try:
@@ -481,7 +478,7 @@ async def data_subject(
         found = await backend.recent(scope, limit)
     except Exception:
         log.exception("memories.failed", method=request.method)
-        return _memory_unavailable(request, tenant.name)
+        return memory_unavailable(request, tenant.name)
     results = [
         {
             "id": m.get("id"),

@@ -112,6 +112,16 @@ class Settings(BaseSettings):
         description="bound on the memory-write outbox (<data_dir>/outbox.db, bytes of stored text and "
         "IDs); when full, writes are still queued in memory but not crash-safe (memory.outbox_full)",
     )
+    retention_interval_secs: float = Field(
+        default=300.0,
+        ge=0,
+        description="how often this process purges memories past their tenant's retention (one process "
+        "per table at a time); 0: never here (another replica's purge, or none)",
+    )
+    import_max_items: int = Field(default=500, ge=1, le=10_000, description="memories per POST /v1/memories")
+    import_max_bytes: int = Field(
+        default=1024 * 1024, ge=16 * 1024, le=64 * 1024 * 1024, description="body bytes per POST /v1/memories"
+    )
     shutdown_grace_secs: float = Field(
         default=10.0, ge=0, description="once sessions are closed, how long their last writes may take"
     )

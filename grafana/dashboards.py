@@ -444,6 +444,21 @@ def overview() -> dashboard.Dashboard:
             width=12,
             threshold=MEMORY_ERROR_RATIO,
         ),
+        series(
+            "Memories purged by retention",
+            "Turns and facts past their tenant's memory.retention that the purge job deleted, per interval "
+            "(they were no longer recalled from the moment they expired). Zero for tenants that keep "
+            "memories until erased.",
+            [
+                (
+                    f"sum by (tenant, kind) (increase(gateway_memory_purged_total[{RATE_INTERVAL}]))",
+                    "{{tenant}} {{kind}}",
+                )
+            ],
+            unit="short",
+            width=12,
+            bars=True,
+        ),
     )
 
     board.row("Memory consolidation")

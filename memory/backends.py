@@ -158,7 +158,24 @@ class MemoryBackends:
                 backend = await self._build(tenant, settings)
                 self._tenants[tenant] = backend
                 self._spawn(self._replay(backend), f"outbox-replay-{tenant}")
+                self._spawn(self._backfill(backend), f"fts-backfill-{tenant}")
         return backend
+
+    async def _backfill(self, backend: TenantMemory, pause: float = 0.2) -> None:
+        """Fill the full-text column of a table an earlier version made, a batch at a time, in the
+        background (``memory.pgvector``: the search computes missing values meanwhile). A failure is
+        logged; the next start goes on where this one stopped."""
+        filled = 0
+        try:
+            while batch := await backend.backfill_text_search():
+                filled += batch
+                await asyncio.sleep(pause)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("memory.fts_backfill_failed tenant=%s error=%s", backend.tenant, type(e).__name__)
+        if filled:
+            log.info("memory.fts_backfilled tenant=%s rows=%d", backend.tenant, filled)
 
     async def _replay(self, backend: TenantMemory) -> None:
         """Queue what an earlier process of this data dir accepted and did not land (once per tenant).

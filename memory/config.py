@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from datetime import timedelta
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, Field, model_validator
+
+from memory.retrieval import SearchMode
 
 
 class ServiceParams(BaseModel):
@@ -49,6 +52,31 @@ class ConsolidationSettings(BaseModel):
     max_turns: int = Field(default=200, ge=1, le=2000, description="turns read by one job; the rest next")
 
 
+class RetentionSettings(BaseModel):
+    """How long a tenant's memories are kept; unset = forever (the default).
+
+    A **turn** is a message stored as said (``infer=False``: it has a ``role``), kept ``turns_days``
+    after it was said; a **fact** is a memory an extraction LLM wrote (no ``role``), kept
+    ``facts_days`` after it was last written or updated. Past that a memory is never recalled again
+    (greeting, search, ``GET /v1/memories``, export) and the purge job deletes it with its history.
+    """
+
+    turns_days: float | None = Field(default=None, gt=0, le=36_500)
+    facts_days: float | None = Field(default=None, gt=0, le=36_500)
+
+    @property
+    def turns(self) -> timedelta | None:
+        return timedelta(days=self.turns_days) if self.turns_days is not None else None
+
+    @property
+    def facts(self) -> timedelta | None:
+        return timedelta(days=self.facts_days) if self.facts_days is not None else None
+
+    @property
+    def forever(self) -> bool:
+        return self.turns_days is None and self.facts_days is None
+
+
 class MemorySettings(BaseModel):
     """How one tenant's memory is kept.
 
@@ -56,6 +84,8 @@ class MemorySettings(BaseModel):
     table of its own; ``backend: platform`` uses the Mem0 platform with the tenant's own key.
     ``local_config`` is merged into the mem0 config the gateway builds (e.g. ``custom_instructions``),
     the way Pipecat's ``Mem0MemoryService(local_config=…)`` takes it — once per tenant, not per call.
+    ``search_mode`` picks the per-turn search (``memory.retrieval``); ``retention`` how long memories
+    are kept (pgvector only).
     """
 
     backend: Literal["pgvector", "platform"] = "pgvector"
@@ -66,15 +96,22 @@ class MemorySettings(BaseModel):
     params: ServiceParams = Field(default_factory=ServiceParams)
     search_timeout_secs: float = Field(default=0.5, gt=0, le=10)
     consolidation: ConsolidationSettings = Field(default_factory=ConsolidationSettings)
+    search_mode: SearchMode = "hybrid"
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @model_validator(mode="after")
-    def _consolidation_needs_llm(self) -> MemorySettings:
+    def _check(self) -> Self:
         if self.consolidation.enabled and self.extraction_llm is None:
             raise ValueError(
                 "consolidation.enabled needs memory.extraction_llm (the LLM that extracts facts)"
             )
         if self.consolidation.enabled and self.backend != "pgvector":
             raise ValueError("consolidation needs backend: pgvector (the Mem0 platform extracts on its own)")
+        if self.backend == "platform" and not self.retention.forever:
+            raise ValueError(
+                "retention applies to memory.backend pgvector; the Mem0 platform keeps memories"
+                " by its own rules"
+            )
         return self
 
     @property

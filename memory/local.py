@@ -6,6 +6,10 @@ tenant's ``Memory`` is built once, on first use, in a worker thread, with a tabl
 (``mem0_<tenant>``, ``memory.pgvector.IndexedPGVector``), WordLlama embeddings and its history and
 message log in PostgreSQL (``memory.mem0compat``). The greeting's listing runs on the event loop.
 
+The per-turn search is one statement on the event loop too, fusing full-text and vector rankings
+(``memory.retrieval``), and every read leaves out what the tenant's retention expired
+(``memory.retention``), which ``purge_expired`` deletes.
+
 Erasure (``forget``) is cluster-wide: one transaction deletes the scope's rows, history and messages,
 writes a tombstone (``gateway_erasures``) and ``NOTIFY gateway_erasure``. Every process LISTENs
 (``memory.backends``) and drops the scope's queued writes and outbox rows; and every insert checks the
@@ -17,8 +21,10 @@ synchronised (NTP) to well under a session's length.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+from collections.abc import AsyncIterator
 from typing import Any, Self
 
 from mem0 import Memory
@@ -29,8 +35,9 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from memory import consolidation, embedder, extraction, mem0compat, pgvector, ranking
+from memory import consolidation, embedder, extraction, mem0compat, pgvector, ranking, retrieval
 from memory.config import ConsolidationSettings, MemorySettings
+from memory.retention import Purged, Retention
 from memory.scope import MemoryScope
 from memory.tenant import Resources, TenantMemory, results
 
@@ -66,6 +73,11 @@ def as_memory(row: Any) -> dict[str, Any]:
 # Up to this many rows are listed on the event loop (≈5 µs each to decode); longer listings — the
 # data-subject API, erasure — stay on the worker threads.
 LOOP_LIST_MAX = 100
+# A purge round (at most its batches of deletes) is bounded by this, not by the call timeout.
+PURGE_TIMEOUT_SECS = 120.0
+# The per-turn query is the user's latest message; its first characters say what it is about (a
+# pasted page would only cost embedding time on the loop).
+MAX_QUERY_CHARS = 2000
 
 
 class LocalMemory(TenantMemory):
@@ -73,6 +85,7 @@ class LocalMemory(TenantMemory):
     where the store is our table in our database."""
 
     client: Memory
+    portable = True
 
     def __init__(
         self,
@@ -99,6 +112,9 @@ class LocalMemory(TenantMemory):
         config = _config(tenant, settings, pool, resources.embed_model)
         client = await resources.run(lambda: Memory(config))
         store = client.vector_store
+        retention = Retention.of(settings.retention)
+        if isinstance(store, pgvector.IndexedPGVector):
+            store.retention = retention
         if isinstance(store, mem0compat.PGVectorBase):
             await resources.run(store.ensure_collection)
         if "history_db_path" not in settings.local_config:
@@ -107,7 +123,7 @@ class LocalMemory(TenantMemory):
         if isinstance(store, pgvector.IndexedPGVector) and store.connection_pool is pool:
             # Our table in our database (a tenant's local_config may point elsewhere): the
             # greeting's listing can run on the loop.
-            lister = pgvector.AsyncLister(await resources.loop_pool(), store.collection_name)
+            lister = pgvector.AsyncLister(await resources.loop_pool(), store.collection_name, retention)
         return cls(
             tenant=tenant,
             kind=str(config.vector_store.provider),
@@ -149,6 +165,71 @@ class LocalMemory(TenantMemory):
         self, scope: MemoryScope, limit: int, timeout: float | None
     ) -> list[dict[str, Any]]:
         return await self.recent(scope, limit, timeout, role="user")
+
+    async def search(
+        self, scope: MemoryScope, query: str, *, limit: int, threshold: float, timeout: float | None = None
+    ) -> list[dict[str, Any]]:
+        """The per-turn search: one statement on the loop (``memory.retrieval``), or mem0's own
+        ``Memory.search`` for ``search_mode: mem0`` and for a store that is not our table."""
+        mode = self.settings.search_mode
+        if mode == "mem0" or self._lister is None:
+            return await super().search(scope, query, limit=limit, threshold=threshold, timeout=timeout)
+        query = query[:MAX_QUERY_CHARS]
+        model = self.client.embedding_model
+        text = retrieval.content_words(query)
+        if isinstance(model, embedder.WordLlamaEmbedding):
+            vector = model.embed(text, "search")  # ≈20-50 µs: cheaper than a thread hop
+        else:  # a tenant's own embedder may call a service
+            vector = await self._call("embed", lambda: model.embed(text, "search"), timeout)
+        lister, filters = self._lister, self.read_filters(scope)
+        rows = await self._acall(
+            "search",
+            lister.search(query, vector, limit, filters, threshold=threshold, lexical=mode == "hybrid"),
+            timeout,
+        )
+        return [{**as_memory(r), "score": r.score} for r in rows]
+
+    def _add_fact(self, text: str, payload: dict[str, Any]) -> Any:
+        client = self.client
+        return lambda: mem0compat.create_memory(client, text, payload)
+
+    async def export_pages(
+        self, scope: MemoryScope | None, page: int = 500
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        store = self.client.vector_store
+        if not isinstance(store, pgvector.IndexedPGVector):
+            raise ValueError("export reads the gateway's own store; this tenant's local_config replaces it")
+        filters = scope.retrieval_filters() if scope is not None else None
+        after: tuple[str, str] | None = None
+        while True:
+            rows = await self._call("get_all", functools.partial(store.export_page, filters, after, page))
+            if not rows:
+                return
+            yield [as_memory(r) for r in rows]
+            last = rows[-1]
+            after = ((last.payload or {}).get("created_at") or "", last.id)
+
+    async def backfill_text_search(self, batch: int = 200) -> int:
+        store = self.client.vector_store
+        if not isinstance(store, pgvector.IndexedPGVector) or not store.fts_backfill:
+            return 0
+        return await self._call("backfill", functools.partial(store.backfill_text_search, batch))
+
+    async def purge_expired(self, *, batch: int, max_batches: int) -> Purged | None:
+        store, db = self.client.vector_store, self.client.db
+        if not isinstance(store, pgvector.IndexedPGVector) or store.retention.forever:
+            return Purged()
+        history = db if isinstance(db, mem0compat.PgHistory) else None
+        purged = await self._call(
+            "purge",
+            lambda: store.purge_expired(batch=batch, max_batches=max_batches, history=history),
+            PURGE_TIMEOUT_SECS,
+        )
+        if purged is not None:
+            for kind, count in (("turn", purged.turns), ("fact", purged.facts)):
+                if count:
+                    self._observer.purged(self.tenant, kind, count)
+        return purged
 
     async def _erase(self, scope: MemoryScope, timeout: float) -> int:
         """mem0 deletes each memory; then one transaction erases the rest, history and message log

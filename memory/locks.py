@@ -50,3 +50,20 @@ def lock_table(on: _Executor, table: str) -> None:
     """Hold ``table``'s schema lock until the current transaction ends."""
     _bounded(on)
     on.execute("SELECT pg_advisory_xact_lock(%s::integer, hashtext(%s))", (TABLE_SCHEMA, table))
+
+
+#: First of two ``int4`` keys (ASCII ``mgwR``) of a table's retention purge, held for a whole round
+#: at session level (``pg_try_advisory_lock``), so that one process purges a table at a time; the
+#: second key is ``hashtext(<table name>)``. In ``pg_locks``: ``classid = 1835497298``,
+#: ``objid = hashtext(table)``, ``objsubid = 2``.
+PURGE = 0x6D67_7752
+
+
+def try_lock_purge(conn: Connection[Any], table: str) -> bool:
+    """Take ``table``'s purge lock for this session if no one holds it; True if taken."""
+    row = conn.execute("SELECT pg_try_advisory_lock(%s::integer, hashtext(%s))", (PURGE, table)).fetchone()
+    return bool(row and row[0])
+
+
+def unlock_purge(conn: Connection[Any], table: str) -> None:
+    conn.execute("SELECT pg_advisory_unlock(%s::integer, hashtext(%s))", (PURGE, table))

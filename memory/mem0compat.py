@@ -13,6 +13,9 @@ against the installed mem0 and fails with the name of what moved, so an upgrade 
   on ``LlmFactory`` only; for stores and embedders this writes into the factories' ``provider_to_class``.
 * ``purge_sqlite_history``: a tenant that keeps mem0's SQLite history (its own ``history_db_path``) is
   purged on erasure under ``SQLiteManager``'s private ``_lock``, with SQL on its tables.
+* ``create_memory``: an imported fact (a memory with no role) is stored by mem0's private
+  ``Memory._create_memory`` — what ``add(infer=False)`` runs per message, minus the role it sets —
+  so its row, hash and history are exactly mem0's.
 * ``payload_is_expired`` and ``build_filter_conditions`` re-export mem0's private helpers, so listings
   on the event loop decide expiry and build filters exactly as mem0 does; ``_escape_scope_value`` keys
   the message log.
@@ -88,6 +91,14 @@ def writing(session_start: str, ids: dict[str, str]) -> Iterator[None]:
 def run_writing(session_start: str, ids: dict[str, str], fn: Callable[[], T]) -> T:
     with writing(session_start, ids):
         return fn()
+
+
+def create_memory(client: Memory, text: str, payload: dict[str, Any]) -> str:
+    """Store ``text`` as one memory with ``payload`` as its metadata (IDs included, and no ``role``
+    unless given); mem0 embeds it, hashes it, keeps a ``created_at`` it is given, writes its history
+    ADD. Returns the new memory's id."""
+    memory_id: str = client._create_memory(text, {}, dict(payload))
+    return memory_id
 
 
 def _class_path(cls: type) -> str:
@@ -350,6 +361,16 @@ class PgHistory:
 
     def close(self) -> None:
         """The pool is the backend registry's; nothing of our own to release."""
+
+    def purge_history(self, memory_ids: list[str]) -> tuple[sql.Composed, list[Any]]:
+        """The statement (run in the purge's transaction) removing the history of purged memories:
+        it holds their text (``new_memory`` of the ADD, both sides of an UPDATE)."""
+        return sql.SQL("DELETE FROM {} WHERE memory_id = ANY(%s)").format(self._history), [memory_ids]
+
+    def purge_messages(self, before: str) -> tuple[sql.Composed, list[Any]]:
+        """The statement removing message-log rows (turns ``infer=True`` fed to its LLM) older than
+        ``before`` (ISO 8601, UTC, as ``save_messages`` writes ``created_at``)."""
+        return sql.SQL("DELETE FROM {} WHERE created_at < %s").format(self._messages), [before]
 
     def erase_statements(
         self, memory_ids: list[str], filters: dict[str, str]

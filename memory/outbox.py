@@ -31,6 +31,7 @@ threads, and a single writer never waits on a lock); never on the event loop.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -60,9 +61,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     infer         INTEGER NOT NULL,
     session_start TEXT NOT NULL,
     created_at    REAL NOT NULL,
-    size          INTEGER NOT NULL
+    size          INTEGER NOT NULL,
+    metadata      TEXT
 )
 """
+# Added after the first release: a file written by an earlier version gets the column at open.
+_METADATA_COLUMN = "ALTER TABLE outbox ADD COLUMN metadata TEXT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,9 @@ class OutboxEntry:
 
     ``session_start`` (ISO 8601, UTC) is the start of the session that said it: an erasure later than
     that wins over the write, wherever it lands (``memory.pgvector``).
+
+    ``metadata`` (imports, ``memory.portability``) replaces the payload a session's message gets: the
+    imported memory's own, with its ``created_at``. An imported *fact* has ``role`` ``""``.
     """
 
     key: str
@@ -81,10 +88,17 @@ class OutboxEntry:
     infer: bool
     session_start: str
     created_at: float = 0.0
+    metadata: dict[str, Any] | None = None
 
     @property
     def size(self) -> int:
-        return len(self.content.encode()) + len(self.key) + sum(len(v.encode()) for v in self.ids.values())
+        extra = len(json.dumps(self.metadata).encode()) if self.metadata is not None else 0
+        return (
+            len(self.content.encode())
+            + len(self.key)
+            + sum(len(v.encode()) for v in self.ids.values())
+            + extra
+        )
 
     def matches(self, scope: dict[str, str]) -> bool:
         """True when this message is stored under every ID of an erasure's scope."""
@@ -128,6 +142,9 @@ class Outbox:
             conn.execute("PRAGMA secure_delete=ON")
             conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             conn.execute(_SCHEMA)
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(outbox)")}
+            if "metadata" not in columns:
+                conn.execute(_METADATA_COLUMN)
             row = conn.execute(
                 "SELECT coalesce(sum(size), 0), coalesce(max(rowid), 0) FROM outbox"
             ).fetchone()
@@ -140,14 +157,21 @@ class Outbox:
         """Persist one message; False (nothing written) when that would exceed ``max_bytes``."""
         return (await self.append_many([entry]))[0]
 
-    async def append_many(self, entries: list[OutboxEntry]) -> list[bool]:
+    async def append_many(self, entries: list[OutboxEntry], *, ceiling: int | None = None) -> list[bool]:
         """Persist messages in one transaction (one commit per turn); per message, False if refused
-        because it would take the outbox over ``max_bytes``."""
+        because it would take the outbox over ``max_bytes``.
+
+        With ``ceiling`` (an import's batch, ``memory.portability``) it is all or nothing: every
+        message if they all fit under ``ceiling`` bytes, else none — so that a bulk import can
+        never fill the outbox that live sessions' turns rely on.
+        """
 
         def do() -> list[bool]:
             db = self._db()
             accepted: list[bool] = []
             added = 0
+            if ceiling is not None and self._bytes + sum(e.size for e in entries) > ceiling:
+                return [False] * len(entries)
             db.execute("BEGIN IMMEDIATE")
             try:
                 for entry in entries:
@@ -158,7 +182,8 @@ class Outbox:
                     ids = [entry.ids.get(k) for k in SCOPE_COLUMNS]
                     cur = db.execute(
                         "INSERT OR IGNORE INTO outbox (key, tenant, user_id, agent_id, run_id, role, content,"
-                        " infer, session_start, created_at, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " infer, session_start, created_at, size, metadata)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             entry.key,
                             entry.tenant,
@@ -169,6 +194,7 @@ class Outbox:
                             entry.session_start,
                             entry.created_at or time(),
                             size,
+                            json.dumps(entry.metadata) if entry.metadata is not None else None,
                         ),
                     )
                     added += size if cur.rowcount else 0  # an existing key is already kept
@@ -209,7 +235,7 @@ class Outbox:
         def do() -> list[OutboxEntry]:
             rows = self._db().execute(
                 "SELECT key, tenant, user_id, agent_id, run_id, role, content, infer, session_start,"
-                " created_at FROM outbox WHERE tenant = ? AND rowid <= ? ORDER BY rowid",
+                " created_at, metadata FROM outbox WHERE tenant = ? AND rowid <= ? ORDER BY rowid",
                 (tenant, self._replay_upto),
             )
             return [_entry(r) for r in rows.fetchall()]
@@ -265,4 +291,5 @@ def _entry(r: Any) -> OutboxEntry:
         infer=bool(r[7]),
         session_start=r[8],
         created_at=float(r[9]),
+        metadata=json.loads(r[10]) if r[10] is not None else None,
     )

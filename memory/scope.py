@@ -13,7 +13,13 @@ tables would still not match another tenant's filter.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+#: A client-facing user, agent or run ID: 1-128 of ``A-Za-z0-9._:@+=-``, starting with a letter or
+#: digit (never ``/``, the tenant prefix's separator).
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}$")
+ID_KEYS = ("user_id", "agent_id", "run_id")
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from time import perf_counter
@@ -29,6 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 from memory import consolidation, mem0compat, pgvector, ranking
 from memory.config import MemorySettings
 from memory.outbox import Outbox, OutboxEntry
+from memory.retention import Purged
 from memory.scope import MemoryScope
 from memory.writes import WriteQueue
 
@@ -51,6 +52,8 @@ class MemoryObserver(Protocol):
 
     def consolidation_backlog(self, tenant: str, jobs: int) -> None: ...
 
+    def purged(self, tenant: str, kind: str, count: int) -> None: ...
+
 
 class NullObserver:
     def memory_call(self, tenant: str, operation: str, backend: str, seconds: float, ok: bool) -> None:
@@ -68,6 +71,9 @@ class NullObserver:
         pass
 
     def consolidation_backlog(self, tenant: str, jobs: int) -> None:
+        pass
+
+    def purged(self, tenant: str, kind: str, count: int) -> None:
         pass
 
 
@@ -119,6 +125,9 @@ class TenantMemory(ABC):
     user's own words for ``recall`` and the erasure of a scope's memories; it may change the filters
     its reads pass (``read_filters``).
     """
+
+    #: Whether the kind takes imports (``POST /v1/memories``, ``memories import``) and exports.
+    portable: bool = False
 
     def __init__(
         self,
@@ -279,22 +288,67 @@ class TenantMemory(ABC):
 
     async def add_entry(self, entry: OutboxEntry) -> None:
         """Store one message under its idempotency key (one message per call: mem0 shares a call's
-        metadata between its messages, and each row needs a key of its own)."""
+        metadata between its messages, and each row needs a key of its own).
+
+        An imported memory (``memory.portability``) brings its own metadata and ``created_at``
+        (mem0 keeps a ``created_at`` it is given); an imported fact has no role and is written by
+        ``_add_fact``.
+        """
+        base = (
+            dict(entry.metadata)
+            if entry.metadata is not None
+            else {"platform": "pipecat", "source": "memory-gateway"}
+        )
         metadata: dict[str, Any] = {
-            "platform": "pipecat",
-            "source": "memory-gateway",
+            **base,
             pgvector.IDEMPOTENCY_KEY: entry.key,
             "session_started_at": entry.session_start,
         }
         if entry.infer:
             metadata[pgvector.FAN_OUT] = True
-        messages = [{"role": entry.role, "content": entry.content}]
         client, ids, infer, start = self.client, dict(entry.ids), entry.infer, entry.session_start
+        if not entry.role:
+            fact = self._add_fact(entry.content, {**metadata, **ids})
+            await self._call("add", lambda: mem0compat.run_writing(start, ids, fact))
+            return
+        messages = [{"role": entry.role, "content": entry.content}]
 
         def add() -> Any:
             return client.add(messages, metadata=metadata, infer=infer, **ids)
 
         await self._call("add", lambda: mem0compat.run_writing(start, ids, add))
+
+    def _add_fact(self, text: str, payload: dict[str, Any]) -> Callable[[], Any]:
+        """The blocking call that stores ``text`` as a fact (no role) with ``payload``."""
+        raise ValueError(f"memory backend {self.kind!r} does not import facts")
+
+    async def enqueue_import(
+        self, entries: list[OutboxEntry], *, share: float
+    ) -> list[asyncio.Future[bool]] | None:
+        """Make an import's memories durable and queue them — all of them, or none (None) when they
+        would fill more than ``share`` of the outbox: the rest is the room live sessions' turns keep."""
+        ceiling = int(self._outbox.max_bytes * share)
+        durable = await self._outbox.append_many(entries, ceiling=ceiling)
+        if entries and not all(durable):
+            return None
+        return [await self.submit_entry(e, durable=True) for e in entries]
+
+    async def export_pages(
+        self, scope: MemoryScope | None, page: int = 500
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every visible memory of the scope (None: the whole tenant), oldest first, a page at a time."""
+        raise ValueError(f"memory backend {self.kind!r} does not export")
+        yield []  # pragma: no cover  (makes this an async generator)
+
+    async def backfill_text_search(self, batch: int = 200) -> int:
+        """Fill the full-text column of rows an earlier version wrote (``memory.pgvector``); how many
+        were filled (0: nothing left, or a kind without one)."""
+        return 0
+
+    async def purge_expired(self, *, batch: int, max_batches: int) -> Purged | None:
+        """Delete what the tenant's retention has expired (``memory.retention``); a kind that keeps
+        no retention purges nothing."""
+        return Purged()
 
     async def enqueue(self, entries: list[OutboxEntry]) -> list[asyncio.Future[bool]]:
         """Make the messages durable, then queue them; returns when they are on disk (not stored).

@@ -260,6 +260,7 @@ async def make_gateway(
             call_timeout=settings.memory_call_timeout_secs,
             observer=metrics,
             embed_model=embed_model,
+            outbox_max_bytes=settings.outbox_max_bytes,
         )
         registry = TenantRegistry(configs)
         if tenants_file:

@@ -1,8 +1,8 @@
 """The benchmark harness still runs: ``python -m bench --smoke`` for the scenarios of issue 6's harness
 (greeting vs the naive recipe, floor, search, writes), the ``serve --workers`` burst (10 sessions
-against real ``memory-gateway serve`` processes, one and two workers), set-up CPU and the memory-quality
-evaluation set (4 users), asserting shape,
-never timing."""
+against real ``memory-gateway serve`` processes, one and two workers), set-up CPU, the memory-quality
+evaluation set (4 users) and per-turn search recall (vector only vs hybrid), asserting shape, never
+timing."""
 
 from __future__ import annotations
 
@@ -14,7 +14,16 @@ import pytest
 
 from bench import plots, runner
 
-SCENARIOS = ["greeting", "floor", "search", "writes", "burst_workers", "setup_cpu", "memory_quality"]
+SCENARIOS = [
+    "greeting",
+    "floor",
+    "search",
+    "writes",
+    "burst_workers",
+    "setup_cpu",
+    "memory_quality",
+    "retrieval",
+]
 
 
 # bench/naive.py runs the docs' recipe, a Qdrant client per connection, whose second client fails to lock

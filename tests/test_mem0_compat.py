@@ -169,3 +169,28 @@ async def test_a_real_memorys_history_lands_in_postgresql_not_on_disk(
         assert await asyncio.to_thread(where_on_disk, data_dir, "Svalbard") == []
     finally:
         await backends.close()
+
+
+async def test_create_memory_stores_a_fact_as_mem0_would_minus_the_role(
+    tmp_root: Path, database_url: str
+) -> None:
+    """``mem0compat.create_memory`` runs mem0's private ``Memory._create_memory``: the row carries the
+    given payload (IDs, ``created_at`` kept) and mem0's own keys (hash, updated_at), no role, and its
+    history ADD — what an imported fact needs."""
+    backends = MemoryBackends(data_dir=tmp_root / unique("compat"), database_url=database_url, max_workers=2)
+    await backends.start()
+    try:
+        tenant = unique("compat")
+        backend = await backends.for_tenant(tenant, MemorySettings())
+        payload = {"user_id": f"{tenant}/ada", "created_at": "2025-01-02T03:04:05+00:00", "source": "import"}
+        memory_id = await asyncio.to_thread(
+            mem0compat.create_memory, backend.client, "Ada's sister is Ingrid", payload
+        )
+        row = backend.client.vector_store.get(memory_id)
+        assert row is not None and "role" not in row.payload
+        assert {k: row.payload[k] for k in payload} == payload
+        assert row.payload["data"] == "Ada's sister is Ingrid" and row.payload["hash"]
+        assert row.payload["updated_at"] == payload["created_at"]
+        assert [h["event"] for h in backend.client.db.get_history(memory_id)] == ["ADD"]
+    finally:
+        await backends.close()

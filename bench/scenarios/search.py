@@ -1,11 +1,13 @@
 """Scenario 5: memory search overhead per user turn at 1,000 memories, embedded backend.
 
 What a turn waits for before its LLM call: ``GatewayMemoryService`` runs the tenant backend's
-``search`` (thread-pool hop, WordLlama query embedding, mem0's ``Memory.search`` over the fixed pgvector
-store, metrics). Measured directly on the tenant's shared backend — the object every session uses —
-with its parts (query embedding, the store's SQL alone) beside it, and against the naive recipe's
-per-turn search: Pipecat's ``Mem0MemoryService._retrieve_memories`` on mem0's default local Qdrant and
-on the gateway's store type, each service built once (so only the search is timed).
+``search`` (WordLlama query embedding and one hybrid full-text + vector statement on the event loop,
+``memory.retrieval``, metrics; ``bench/scenarios/retrieval.py`` compares it with mem0's
+``Memory.search``, the path before, on recall and latency). Measured directly on the tenant's shared
+backend — the object every session uses — with its parts (query embedding, the store's SQL alone)
+beside it, and against the naive recipe's per-turn search: Pipecat's
+``Mem0MemoryService._retrieve_memories`` on mem0's default local Qdrant and on the gateway's store
+type, each service built once (so only the search is timed).
 
 Then end to end: two live sessions with the fake zero-delay LLM, one for the user holding the
 memories and one for a user holding none, alternate ``send-text`` turns; the difference of their p50

@@ -103,6 +103,13 @@ class Settings(BaseSettings):
         description="a greeted text session builds its pipeline once no caller of the process is owed "
         "a greeting, or when its client speaks, but never later than this after asking",
     )
+    voice_analyzers: Literal["shared", "pipecat"] = Field(
+        default="shared",
+        description="shared: every voice session's VAD (and smart-turn) runs on one ONNX session per "
+        "process, VAD windows scored in batches on the event loop; pipecat: Pipecat's own analyzers per "
+        "session (an ONNX session and a thread each, every audio frame handed to it), the voice "
+        "benchmark's baseline",
+    )
     memory_workers: int = Field(default=8, ge=1, le=256)
     memory_call_timeout_secs: float = Field(default=10.0, gt=0)
     memory_pool_size: int = Field(default=4, ge=1)

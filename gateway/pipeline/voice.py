@@ -17,8 +17,14 @@ What a voice session would otherwise pay on the event loop before saying a word 
   on that one session (≈0.02 ms per analyzer, no extra memory). Both models are stateless per call
   (Silero's recurrent state is passed in and out of ``run`` and stays per analyzer; smart-turn is a pure
   function of the audio), and ONNX Runtime allows concurrent ``run`` calls on one session, so sharing
-  changes no result. Pipecat has no public hook for it, hence the two small subclasses below;
-  ``tests/test_voice.py`` checks they still score exactly like stock Pipecat's.
+  changes no result. Pipecat has no public hook for it, hence the small subclasses in
+  ``gateway.pipeline.pipecatcompat``; ``tests/test_voice.py`` checks they still score exactly like stock
+  Pipecat's.
+* Every session's VAD windows are scored together, in batches on the event loop
+  (``gateway.pipeline.vad.VADBatcher``): no thread per session, no executor round trip per audio frame.
+  ``GATEWAY_VOICE_ANALYZERS=pipecat`` builds Pipecat's own analyzers per session instead (an ONNX
+  session and a thread each): the voice benchmark's baseline, and a way back should the shared ones
+  ever misbehave.
 
 A missing API key (``api_key_env`` names a variable that is unset) does not refuse the session: the
 client gets an RTVI ``error`` when it connects, that half falls back to text, and the log names the
@@ -49,7 +55,8 @@ from pipecat.turns.user_stop.turn_analyzer_user_turn_stop_strategy import TurnAn
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from gateway.logging import get_logger
-from gateway.pipeline.pipecatcompat import SharedSileroVADAnalyzer, SharedSmartTurnAnalyzer
+from gateway.pipeline.pipecatcompat import BatchedSileroVADAnalyzer, SharedSmartTurnAnalyzer
+from gateway.pipeline.vad import VADBatcher
 from gateway.tenants import STTSettings, TenantConfig, TTSSettings
 
 log = get_logger(__name__)
@@ -96,20 +103,40 @@ class VoiceModels:
     """The process's ONNX sessions for voice: each opened on first use, then shared by every session.
 
     Lazy, so a text-only deployment never loads them; the first voice session pays the load once.
+    ``shared=False`` builds Pipecat's own analyzers per session instead (``GATEWAY_VOICE_ANALYZERS``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, shared: bool = True, vad_gather_secs: float = 0.0) -> None:
+        self._shared = shared
+        self._gather = vad_gather_secs
         self._silero: InferenceSession | None = None
         self._smart_turn: LocalSmartTurnAnalyzerV3 | None = None
+        self._batcher: VADBatcher | None = None
 
-    def vad_analyzer(self, params: VADParams | None = None) -> SileroVADAnalyzer:
+    @property
+    def batcher(self) -> VADBatcher | None:
+        """The VAD batcher, once a shared analyzer was built."""
+        return self._batcher
+
+    def load(self) -> None:
+        """Open the VAD model now (blocking: call it off the event loop)."""
         if self._silero is None:
             path = files("pipecat.audio.vad.data").joinpath("silero_vad.onnx")
             # Pipecat's own loader, so the session options (CPU, one thread) stay Pipecat's.
             self._silero = SileroOnnxModel(str(path), force_onnx_cpu=True).session
-        return SharedSileroVADAnalyzer(self._silero, params=params)
+
+    def vad_analyzer(self, params: VADParams | None = None) -> SileroVADAnalyzer:
+        if not self._shared:
+            return SileroVADAnalyzer(params=params)
+        self.load()
+        assert self._silero is not None
+        if self._batcher is None:
+            self._batcher = VADBatcher(self._silero, gather_secs=self._gather)
+        return BatchedSileroVADAnalyzer(self._silero, self._batcher, params=params)
 
     def turn_analyzer(self) -> LocalSmartTurnAnalyzerV3:
+        if not self._shared:
+            return LocalSmartTurnAnalyzerV3()
         if self._smart_turn is None:
             self._smart_turn = LocalSmartTurnAnalyzerV3()
         return SharedSmartTurnAnalyzer(self._smart_turn)

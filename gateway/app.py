@@ -32,6 +32,7 @@ from gateway.pipeline.llm import OpenAIClients, create_http_client
 from gateway.pipeline.pipecatcompat import cache_worker_handlers
 from gateway.pipeline.voice import VoiceModels
 from gateway.settings import Settings
+from gateway.telephony import setup_telephony
 from gateway.tenants import TenantFileError, TenantRegistry
 from gateway.tokens import SessionTokens, load_or_create_secret
 from gateway.web import setup_web
@@ -92,6 +93,7 @@ def create_app(
     app.on_shutdown.append(_drain)
     routes.setup(app)
     setup_web(app)
+    setup_telephony(app)
     return app
 
 

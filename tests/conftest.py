@@ -36,7 +36,9 @@ from memory.embedder import load_wordllama
 from memory.postgres import EmbeddedPostgres, prepare_database
 from tests.audit import Audit
 from tests.clients import WireClient, rtvi_client
+from tests.fake_audio import FakeAudioAPI
 from tests.fake_llm import FakeLLM
+from tests.fake_twilio import FakeTwilioAPI
 
 AUDIT_KEY = pytest.StashKey[Audit]()
 AUDIT_LEVEL = os.environ.get("TEST_LOG_LEVEL", "INFO").upper()
@@ -139,6 +141,24 @@ async def fake_llm() -> AsyncIterator[FakeLLM]:
     await llm.start()
     yield llm
     await llm.close()
+
+
+@pytest.fixture(scope="session")
+async def fake_audio() -> AsyncIterator[FakeAudioAPI]:
+    """OpenAI's audio API (transcriptions, speech), local (tests/fake_audio.py)."""
+    api = FakeAudioAPI()
+    await api.start()
+    yield api
+    await api.close()
+
+
+@pytest.fixture(scope="session")
+async def twilio_api() -> AsyncIterator[FakeTwilioAPI]:
+    """Twilio's REST API, as far as a hang-up goes (tests/fake_twilio.py)."""
+    api = FakeTwilioAPI()
+    await api.start()
+    yield api
+    await api.close()
 
 
 def unique(prefix: str = "t") -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+import time
 import wave
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,7 @@ class Speech:
     voice: str
     response_format: str
     authorization: str | None
+    at: float = field(default_factory=time.monotonic)  # when the request arrived
 
 
 def tone(seconds: float, sample_rate: int = SPEECH_SAMPLE_RATE, freq: float = 220.0) -> bytes:

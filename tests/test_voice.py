@@ -15,7 +15,6 @@ import base64
 import json
 import os
 import wave
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
@@ -62,14 +61,6 @@ def speech() -> bytes:
 
 def silence(seconds: float) -> bytes:
     return bytes(int(RATE * seconds) * 2)
-
-
-@pytest.fixture(scope="module")
-async def fake_audio() -> AsyncIterator[FakeAudioAPI]:
-    api = FakeAudioAPI()
-    await api.start()
-    yield api
-    await api.close()
 
 
 @dataclass

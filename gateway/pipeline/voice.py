@@ -47,6 +47,7 @@ from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.services.openai.stt import OpenAISTTService
 from pipecat.services.openai.tts import OpenAITTSService
 from pipecat.transcriptions.language import Language
+from pipecat.turns.user_mute import BaseUserMuteStrategy, MuteUntilFirstBotCompleteUserMuteStrategy
 from pipecat.turns.user_start.transcription_user_turn_start_strategy import TranscriptionUserTurnStartStrategy
 from pipecat.turns.user_start.vad_user_turn_start_strategy import VADUserTurnStartStrategy
 from pipecat.turns.user_stop.base_user_turn_stop_strategy import BaseUserTurnStopStrategy
@@ -55,6 +56,7 @@ from pipecat.turns.user_stop.turn_analyzer_user_turn_stop_strategy import TurnAn
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from gateway.logging import get_logger
+from gateway.pipeline.phone import SAMPLE_RATE as PHONE_SAMPLE_RATE
 from gateway.pipeline.pipecatcompat import BatchedSileroVADAnalyzer, SharedSmartTurnAnalyzer
 from gateway.pipeline.vad import VADBatcher
 from gateway.tenants import STTSettings, TenantConfig, TTSSettings
@@ -156,6 +158,8 @@ class Voice:
     audio_out_sample_rate: int = TTS_SAMPLE_RATE
     # What the client is told, as an RTVI error right after bot-ready, about a half left out.
     unavailable: list[str] = field(default_factory=list)
+    # The caller is not heard until the greeting has been spoken (stt.mute_until_greeted).
+    mute_until_greeted: bool = False
 
     @property
     def audio_in(self) -> bool:
@@ -169,6 +173,10 @@ class Voice:
     def input_processors(self) -> list[FrameProcessor]:
         """Between the transport input and the user aggregator."""
         return [self.stt] if self.stt is not None else []
+
+    def mute_strategies(self) -> list[BaseUserMuteStrategy]:
+        """The user aggregator's (Pipecat 1.x's replacement for ``STTMuteFilter``)."""
+        return [MuteUntilFirstBotCompleteUserMuteStrategy()] if self.mute_until_greeted else []
 
 
 def _vad_params(settings: STTSettings) -> VADParams:
@@ -212,9 +220,16 @@ def create_tts(settings: TTSSettings, api_key: str, http_client: DefaultAsyncHtt
     )
 
 
-def build_voice(tenant: TenantConfig, models: VoiceModels, http_client: DefaultAsyncHttpxClient) -> Voice:
-    """The tenant's voice services for one session; a half whose key is missing is left out and reported."""
+def build_voice(
+    tenant: TenantConfig, models: VoiceModels, http_client: DefaultAsyncHttpxClient, *, phone: bool = False
+) -> Voice:
+    """The tenant's voice services for one session; a half whose key is missing is left out and reported.
+
+    ``phone``: the call's 8 kHz both ways (``gateway.pipeline.phone``): the VAD and STT take the caller's
+    audio as it comes, and the output transport resamples the TTS's 24 kHz once."""
     voice = Voice()
+    if phone:
+        voice.audio_in_sample_rate = voice.audio_out_sample_rate = PHONE_SAMPLE_RATE
     if tenant.stt is not None:
         try:
             key = resolve_api_key("stt", tenant.stt)
@@ -224,7 +239,9 @@ def build_voice(tenant: TenantConfig, models: VoiceModels, http_client: DefaultA
         else:
             voice.stt = create_stt(tenant.stt, key, http_client)
             voice.vad_analyzer = models.vad_analyzer(_vad_params(tenant.stt))
-            voice.audio_in_sample_rate = tenant.stt.sample_rate
+            voice.mute_until_greeted = tenant.stt.mute_until_greeted
+            if not phone:
+                voice.audio_in_sample_rate = tenant.stt.sample_rate
             voice.turn_strategies = UserTurnStrategies(
                 start=[VADUserTurnStartStrategy(), TranscriptionUserTurnStartStrategy()],
                 stop=[_stop_strategy(tenant.stt, models)],

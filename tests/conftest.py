@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import secrets
 import tempfile
 import uuid
 import warnings
@@ -159,6 +160,18 @@ async def twilio_api() -> AsyncIterator[FakeTwilioAPI]:
     await api.start()
     yield api
     await api.close()
+
+
+TWILIO_AUTH_ENV = "MGW_TEST_TWILIO_AUTH_TOKEN"
+
+
+@pytest.fixture
+def auth_token(monkeypatch: pytest.MonkeyPatch, audit: Audit) -> str:
+    """A Twilio Auth Token, in the variable phone tenants name (tests/phone.py)."""
+    token = secrets.token_hex(16)
+    monkeypatch.setenv(TWILIO_AUTH_ENV, token)
+    audit.register("Twilio auth token", token)
+    return token
 
 
 def unique(prefix: str = "t") -> str:

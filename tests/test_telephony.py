@@ -62,6 +62,7 @@ async def test_the_greeting_is_synthesised_before_the_stream_opens_and_heard_as_
     tenant = gateway.tenant
     assert gateway.sample("gateway_greeting_seconds_count", tenant=tenant, memories="none") == 1
     assert gateway.sample("gateway_ttfb_seconds_count", tenant=tenant, service="tts") >= 1
+    assert gateway.sample("gateway_vad_wait_seconds") > 0  # the caller's audio went through the VAD
     await call.hang_up()
     await gateway.settle()
 

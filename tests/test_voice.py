@@ -411,3 +411,21 @@ async def test_concurrent_voice_sessions_open_one_onnx_session_between_them(
     for client in clients:
         assert "nice to meet you" in (await client.bot_turn()).lower()
     assert opened == ["silero_vad.onnx"]
+
+
+async def test_a_spoken_turns_latency_runs_from_where_the_speech_really_ended(
+    make_gateway: GatewayFactory, fake_audio: FakeAudioAPI
+) -> None:
+    """Voice in, text out: user→bot latency from the VAD's verdict less its ``stop_secs`` (the real end
+    of speech), so it includes both waits a turn's end costs by configuration."""
+    stt = {"vad": {"stop_secs": 0.3}, "speech_timeout_secs": 0.4}
+    gateway = await make_gateway(tenants=[voice_tenant(fake_audio, stt=stt, tts=False)])
+    client = await connect(gateway, user_id="latency")
+    await client.ready()
+    await client.bot_turn()
+    await client.send_audio(silence(0.2) + speech() + silence(0.9))
+    await client.next("bot-llm-stopped")
+
+    tenant = gateway.tenant
+    assert gateway.sample("gateway_user_bot_latency_seconds_count", tenant=tenant) == 1
+    assert gateway.sample("gateway_user_bot_latency_seconds_sum", tenant=tenant) >= 0.3 + 0.4

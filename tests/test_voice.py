@@ -429,3 +429,30 @@ async def test_a_spoken_turns_latency_runs_from_where_the_speech_really_ended(
     tenant = gateway.tenant
     assert gateway.sample("gateway_user_bot_latency_seconds_count", tenant=tenant) == 1
     assert gateway.sample("gateway_user_bot_latency_seconds_sum", tenant=tenant) >= 0.3 + 0.4
+
+
+async def test_a_spoken_turns_memories_are_searched_once_while_the_turn_still_waits(
+    make_gateway: GatewayFactory, fake_audio: FakeAudioAPI
+) -> None:
+    """The search starts with the transcript (``gateway.pipeline.searchahead``), not when the turn ends
+    ``speech_timeout_secs`` later; the turn then uses it instead of searching again."""
+    gateway = await make_gateway(tenants=[voice_tenant(fake_audio, stt={"speech_timeout_secs": 1.5})])
+    tenant = gateway.tenant
+
+    def searches() -> float:
+        return gateway.sample(
+            "gateway_memory_seconds_count", tenant=tenant, operation="search", backend="pgvector"
+        )
+
+    client = await connect(gateway, "rtvi", user_id="ahead")
+    await client.ready()
+    await client.until("bot-stopped-speaking")
+    before = searches()
+    await client.send_audio(silence(0.2) + speech() + silence(0.3))
+    heard = await client.until("user-transcription")
+    async with asyncio.timeout(1.0):  # well inside the turn's 1.5 s wait for more words
+        while searches() == before:
+            await asyncio.sleep(0.01)
+    assert "user-stopped-speaking" not in [m["type"] for m in heard]  # the turn has not ended yet
+    await client.until("bot-llm-stopped")
+    assert searches() == before + 1

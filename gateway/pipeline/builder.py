@@ -54,6 +54,7 @@ from gateway.pipeline.llm import (
 from gateway.pipeline.observers import SessionMetricsObserver, TurnEnd
 from gateway.pipeline.pipecatcompat import SessionPipeline, enable_direct_mode
 from gateway.pipeline.rtvi import DirectRTVIProcessor
+from gateway.pipeline.searchahead import SearchAhead
 from gateway.pipeline.transport import (
     AiohttpWebsocketClient,
     AiohttpWebsocketParams,
@@ -177,6 +178,8 @@ def build_pipeline(
     observers: list[BaseObserver] = [observer]
     if turn_end == "pipecat":
         observers.append(observer.voice_latency_observer())
+    if voice.audio_in:
+        observers.append(SearchAhead(memory))
     # Direct mode too: it answers client messages from a task of its own and only passes frames on.
     processor = DirectRTVIProcessor(output=transport.output(), enable_direct_mode=True) if rtvi else None
     worker = SessionWorker(

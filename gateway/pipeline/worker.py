@@ -27,6 +27,7 @@ from gateway.pipeline.pipecatcompat import (
     replace_worker_observer,
     worker_observers,
 )
+from gateway.pipeline.searchahead import SearchAhead
 
 log = get_logger(__name__)
 
@@ -175,8 +176,8 @@ async def _notify(observer: BaseObserver, event: _Event, data: Any) -> None:
 
 
 # Observers a session's hub calls on the pushing task (``ObserverHub``): they only read the frame and
-# write a client message (RTVI's) or update a metric (ours), never wait.
-INLINE_OBSERVERS: tuple[type[BaseObserver], ...] = (RTVIObserver, SessionMetricsObserver)
+# write a client message (RTVI's), update a metric (ours) or start a task (a search ahead), never wait.
+INLINE_OBSERVERS: tuple[type[BaseObserver], ...] = (RTVIObserver, SessionMetricsObserver, SearchAhead)
 
 
 class SessionWorker(PipelineWorker):

@@ -11,6 +11,10 @@ pipeline, same context-enhancement format), but:
   is bounded by a deadline, and a miss is counted by the backend instead of silently becoming ``[]``;
 * the recalled-memories message replaces the previous one instead of piling up one per turn, and is
   never itself stored as a memory; nor is the greeting (it only restates memories);
+* the caller's audio ends here: it has served the STT and the user aggregator's VAD upstream, and
+  nothing after the memory service reads it (LLM, TTS, output transport, assistant aggregator), where
+  each 20 ms frame would cross four more queues and wake four more tasks (Pipecat's user aggregator
+  passes every frame on);
 * a spoken turn's search can start before the turn ends (``search_ahead``): its text is known once the
   transcript arrives, while the turn still waits out its ``speech_timeout_secs``; the turn then finds
   its memories ready instead of waiting for them (``gateway.pipeline.searchahead``).
@@ -23,7 +27,7 @@ import contextlib
 import logging
 from typing import Any
 
-from pipecat.frames.frames import Frame, LLMContextFrame
+from pipecat.frames.frames import Frame, InputAudioRawFrame, LLMContextFrame
 from pipecat.processors.aggregators.llm_context import LLMContext, LLMSpecificMessage
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.services.mem0.memory import Mem0MemoryService
@@ -139,7 +143,8 @@ class GatewayMemoryService(Mem0MemoryService):
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await FrameProcessor.process_frame(self, frame, direction)
         if not isinstance(frame, LLMContextFrame):
-            await self.push_frame(frame, direction)
+            if not isinstance(frame, InputAudioRawFrame):
+                await self.push_frame(frame, direction)
             return
         context = frame.context
         try:

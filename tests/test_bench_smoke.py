@@ -1,7 +1,7 @@
 """The benchmark harness still runs: ``python -m bench --smoke`` for the scenarios of issue 6's harness
 (greeting vs the naive recipe, floor, search, writes), the ``serve --workers`` burst (10 sessions
-against real ``memory-gateway serve`` processes, one and two workers) and set-up CPU, asserting shape,
-never timing."""
+against real ``memory-gateway serve`` processes, one and two workers), set-up CPU and voice capacity
+(two phone calls, each variant), asserting shape, never timing."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from bench import plots, runner
 
-SCENARIOS = ["greeting", "floor", "search", "writes", "burst_workers", "setup_cpu"]
+SCENARIOS = ["greeting", "floor", "search", "writes", "burst_workers", "setup_cpu", "voice_capacity"]
 
 
 # bench/naive.py runs the docs' recipe, a Qdrant client per connection, whose second client fails to lock

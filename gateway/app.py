@@ -119,7 +119,9 @@ async def _deps_ctx(app: web.Application) -> AsyncIterator[None]:
     cache_worker_handlers()
     http_client = create_http_client(settings.llm_timeout_secs)
     metrics = app[metrics_key]
-    voice_models = VoiceModels(shared=settings.voice_analyzers == "shared")
+    voice_models = VoiceModels(
+        shared=settings.voice_analyzers == "shared", vad_gather_secs=settings.vad_batch_secs
+    )
     deps = app[deps_key] = SessionDeps(
         settings=settings,
         metrics=metrics,

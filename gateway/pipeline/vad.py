@@ -7,10 +7,12 @@ every session wait behind them (a profile in pipecat #3218 found it eating most 
 
 * a frame that completes no 32 ms window is answered at once, on the event loop, with the VAD state
   the session already has (``pipecatcompat.BatchedSileroVADAnalyzer``);
-* a completed window joins a batch; the batch is scored in one ONNX run as soon as the loop gets to it
-  (``gather_secs`` later, 0 = the next loop iteration), on the event loop: a window costs ≈35 µs at
-  8 kHz and ≈60 µs at 16 kHz in a batch of 16 against ≈110 µs alone (measured on this machine,
-  ``tests/test_vad_batch.py`` and the voice benchmark), and no thread is involved;
+* a completed window joins a batch; the batch is scored in one ONNX run ``gather_secs`` later
+  (``GATEWAY_VAD_BATCH_SECS``, 8 ms; 0 = the next loop iteration), on the event loop: a window costs
+  ≈35 µs at 8 kHz and ≈60 µs at 16 kHz in a batch of 16 against ≈110 µs alone (measured on this
+  machine), and no thread is involved. At 30 concurrent calls 8 ms makes batches of ≈10 and took the
+  gateway from ≈71 % to ≈56 % of its core (``bench/scenarios/voice_capacity.py``); a window's verdict
+  is up to that much later, against the VAD's own 200 ms stop delay;
 * each session's recurrent state stays its own (``pipecatcompat.score_silero_batch``), so a session
   gets exactly the confidences it would get alone (``tests/test_vad_batch.py`` compares them).
 

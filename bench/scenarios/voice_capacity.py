@@ -18,7 +18,8 @@ detection (in 32 ms windows), STT, memory search, LLM, TTS, the pipeline's hops 
 
 The CPU column is the gateway process's CPU time over the measurement's wall time: 100 % is the core.
 Target: ≥ 20 concurrent voice sessions on the core with end of speech → first audio p50 ≤ 400 ms and
-p99 ≤ 800 ms, the VAD's stop delay included.
+p99 ≤ 800 ms, the VAD's own stop delay counted and reported separately (taken out of the sample:
+"after VAD stop"); the stricter reading, with it inside the limits, is reported beside it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from bench.loadrun import Child
 NAME = "voice_capacity"
 TITLE = "Voice capacity: concurrent phone calls on one core, end of speech → first audio"
 
-LEVELS = (1, 10, 20, 30, 40)
+LEVELS = {"gateway": (1, 10, 20, 30, 40, 50), "stock Pipecat analyzers": (1, 10, 20, 30)}
 SMOKE_LEVELS = (2,)
 SECONDS = 40.0
 SMOKE_SECONDS = 6.0
@@ -136,6 +137,8 @@ def _row(variant: str, sessions: int, result: dict[str, Any]) -> dict[str, Any]:
         "p95_ms": r(percentile(latencies, 95)),
         "p99_ms": r(p99),
         "vad_stop_ms": VAD_STOP_SECS * 1000,
+        "p50_after_vad_stop_ms": r(p50 - VAD_STOP_SECS * 1000),
+        "p99_after_vad_stop_ms": r(p99 - VAD_STOP_SECS * 1000),
         "turn_wait_ms": TURN_WAIT_SECS * 1000,
         "gateway_share_p50_ms": r(p50 - waits),
         "gateway_share_p99_ms": r(p99 - waits),
@@ -157,23 +160,23 @@ def _row(variant: str, sessions: int, result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _meets(row: dict[str, Any]) -> bool:
-    return (
-        row["errors"] == 0
-        and row["p50_ms"] is not None
-        and row["p50_ms"] <= P50_LIMIT_MS
-        and row["p99_ms"] is not None
-        and row["p99_ms"] <= P99_LIMIT_MS
-    )
+def _meets(row: dict[str, Any], *, vad_stop_included: bool) -> bool:
+    """No error, and p50/p99 within the limits — with the VAD's stop delay in them, or reported
+    separately (taken out), as the issue counts it."""
+    p50, p99 = row["p50_ms"], row["p99_ms"]
+    if row["errors"] or p50 is None or p99 is None:
+        return False
+    if not vad_stop_included:
+        p50, p99 = row["p50_after_vad_stop_ms"], row["p99_after_vad_stop_ms"]
+    return bool(p50 <= P50_LIMIT_MS and p99 <= P99_LIMIT_MS)
 
 
 async def run(ctx: BenchContext) -> ScenarioResult:
-    levels = SMOKE_LEVELS if ctx.smoke else LEVELS
     seconds = SMOKE_SECONDS if ctx.smoke else SECONDS
     token = secrets.token_hex(16)
     rows: list[dict[str, Any]] = []
     fakes_config = {"cpu": CLIENT_CPU, "ms_per_char": MS_PER_CHAR, "transcript": TRANSCRIPT}
-    total = len(levels) * len(VARIANTS)
+    total = sum(len(SMOKE_LEVELS if ctx.smoke else LEVELS[variant]) for variant in VARIANTS)
     done = 0
     async with _child("fakes", fakes_config, "listening") as (_, fakes):
         for variant, analyzers in VARIANTS.items():
@@ -188,7 +191,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
                 "auth_token": token,
             }
             async with _child("gateway", config, "listening") as (gateway, listening):
-                for sessions in levels:
+                for sessions in SMOKE_LEVELS if ctx.smoke else LEVELS[variant]:
                     ctx.progress(f"{variant}, {sessions} calls", done, total)
                     started = time.monotonic()
                     result = await _level(gateway, listening["url"], tenant, token, sessions, seconds, done)
@@ -203,8 +206,11 @@ async def run(ctx: BenchContext) -> ScenarioResult:
 def _result(ctx: BenchContext, rows: list[dict[str, Any]]) -> ScenarioResult:
     ours = [r for r in rows if r["variant"] == "gateway"]
     stock = [r for r in rows if r["variant"] != "gateway"]
-    capacity = max((r["calls"] for r in ours if _meets(r)), default=0)
-    stock_capacity = max((r["calls"] for r in stock if _meets(r)), default=0)
+
+    def capacity(variant_rows: list[dict[str, Any]], included: bool) -> int:
+        return max((r["calls"] for r in variant_rows if _meets(r, vad_stop_included=included)), default=0)
+
+    separate, included = capacity(ours, False), capacity(ours, True)
     notes = [
         f"One core for the gateway process (sched_setaffinity), the fakes and {len(UTTERANCES)} espeak-ng "
         f"utterances' callers on the other; {SMOKE_SECONDS if ctx.smoke else SECONDS:.0f} s of "
@@ -213,12 +219,17 @@ def _result(ctx: BenchContext, rows: list[dict[str, Any]]) -> ScenarioResult:
         f"speech_timeout_secs ({TURN_WAIT_SECS * 1000:.0f} ms), both configuration; 'gateway share' is a "
         "sample less both.",
         f"Most calls per core meeting p50 ≤ {P50_LIMIT_MS:.0f} ms and p99 ≤ {P99_LIMIT_MS:.0f} ms with no "
-        f"error: gateway {capacity}, stock Pipecat analyzers {stock_capacity} (of the levels run).",
+        f"error, the VAD's stop delay reported separately: gateway {separate}, stock Pipecat analyzers "
+        f"{capacity(stock, False)}; with it included in the limits: gateway {included}, stock "
+        f"{capacity(stock, True)} (of the levels run).",
         "loop_lag_max: the gateway's gauge gateway_event_loop_lag_seconds (worst of the last 10 s) at the "
         "level's end; vad_wait_max: gateway_vad_wait_seconds; client_lag_max: the callers' own loop "
         "(a late client would overstate the gateway's latency).",
     ]
-    targets = [target_at_least("concurrent voice sessions per core within p50/p99", capacity, 20, "calls")]
+    targets = [
+        target_at_least("calls per core within p50/p99, VAD stop delay separate", separate, 20, "calls"),
+        target_at_least("calls per core within p50/p99, VAD stop delay included", included, 20, "calls"),
+    ]
     plot = plots.line_plot(
         ctx.out_dir / "voice_capacity.png",
         title="End of speech → first audio vs concurrent calls (one core)",

@@ -361,6 +361,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     tenant: TenantConfig | None = app[tenants_key].get(claims.tenant)
     if tenant is None:
         return await _refuse(request, ws, None, "bad_token", closecodes.BAD_TOKEN, bad_token)
+    if claims.serializer not in (None, *SERIALIZERS):
+        # A phone call's token (its wire format is Twilio's, gateway.telephony): refused before it is
+        # spent or its session claimed, so the call it belongs to goes on.
+        return await _refuse(request, ws, tenant.name, "bad_token", closecodes.BAD_TOKEN, bad_token)
     structlog.contextvars.bind_contextvars(tenant=tenant.name, session_id=claims.session_id)
     socket = socket_handle(request, ws)
     # A token already spent (or expired) comes back: its session here may be waiting for its client,

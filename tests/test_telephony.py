@@ -13,6 +13,7 @@ from yarl import URL
 
 from gateway import closecodes
 from gateway.keys import registry_key
+from tests.clients import refusal_code
 from tests.conftest import GatewayFactory
 from tests.fake_audio import FakeAudioAPI
 from tests.fake_twilio import FakeTwilioAPI, TwilioCall, basic_auth
@@ -35,6 +36,12 @@ async def test_a_signed_webhook_is_answered_with_twiml_that_connects_a_media_str
     # The token rides in the path: a <Stream> URL with a query string fails (Twilio error 31920).
     assert url.path.startswith("/telephony/twilio/ws/") and not url.query_string
     assert gateway.app[registry_key].held() == 1  # the call's session is assembled, holding its slot
+    token = url.name
+    gateway.audit.register("token", token)
+    # The call's token opens nothing but its media stream.
+    assert await refusal_code(gateway.http, f"{gateway.url.replace('http', 'ws')}/ws-client/{token}") == (
+        closecodes.BAD_TOKEN
+    )
     assert await call.open_stream() == 101
     await call.start()
     await call.hang_up()

@@ -58,6 +58,7 @@ log = get_logger(__name__)
 
 SERIALIZER = "twilio"
 TWIML = "application/xml"
+RETRY_LATER = {"Retry-After": "5"}
 BUSY = '<?xml version="1.0" encoding="UTF-8"?><Response><Reject reason="busy"/></Response>'
 
 
@@ -91,6 +92,10 @@ def _auth_token(tenant: TenantConfig | None) -> tuple[TwilioSettings, str] | Non
 def _signed(request: web.Request, auth_token: str, params: Mapping[str, Any] | None, *, ws: bool) -> bool:
     urls = candidate_urls(request, request.app[settings_key].public_url, websocket=ws)
     return valid(auth_token, request.headers.get(HEADER), urls, params)
+
+
+def _cluster_unavailable(request: web.Request, tenant: str) -> web.Response:
+    return reject(request, tenant, "cluster_unavailable", 503, "session state unavailable", RETRY_LATER)
 
 
 def _bad_signature(request: web.Request, tenant: str | None) -> web.Response:
@@ -132,7 +137,9 @@ async def webhook(request: web.Request) -> web.StreamResponse:
         backend = await app[backends_key].for_tenant(tenant.name, tenant.memory)
     except Exception:
         log.exception("telephony.memory_unavailable")
-        return reject(request, tenant.name, "memory_unavailable", 503, "memory backend unavailable")
+        return reject(
+            request, tenant.name, "memory_unavailable", 503, "memory backend unavailable", RETRY_LATER
+        )
     token, claims = app[tokens_key].issue(
         tenant=tenant.name,
         user_id=caller.user_id,
@@ -144,7 +151,7 @@ async def webhook(request: web.Request) -> web.StreamResponse:
     try:
         lease = await registry.reserve(tenant, claims.session_id)
     except ClusterUnavailable:
-        return reject(request, tenant.name, "cluster_unavailable", 503, "session state unavailable")
+        return _cluster_unavailable(request, tenant.name)
     if lease is None:
         return _busy(request, tenant.name, "session_limit")
     scope = MemoryScope(tenant.name, caller.user_id, caller.agent_id, caller.run_id)
@@ -217,7 +224,7 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
     try:
         fresh = await registry.spend_token(claims)
     except ClusterUnavailable:
-        return reject(request, tenant.name, "cluster_unavailable", 503, "session state unavailable")
+        return _cluster_unavailable(request, tenant.name)
     if not fresh:
         return reject(request, tenant.name, "bad_token", 403, "invalid, expired or reused token")
     pending, lease = await registry.claim(claims.session_id, SERIALIZER)
@@ -230,7 +237,7 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
             if lease is None:
                 lease = await registry.reserve(tenant, claims.session_id)
         except ClusterUnavailable:
-            return reject(request, tenant.name, "cluster_unavailable", 503, "session state unavailable")
+            return _cluster_unavailable(request, tenant.name)
         if lease is None:
             return reject(request, tenant.name, "session_limit", 429, "tenant is at its session limit")
         try:

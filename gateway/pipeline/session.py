@@ -9,7 +9,9 @@ connect (``attach``). From then on it goes through these steps, each bounded:
 2. **Greeting.** By default in RTVI's order — right after ``bot-ready``, or after
    ``GATEWAY_CLIENT_READY_TIMEOUT_SECS`` for a client that never sends ``client-ready`` — or, when the
    tenant opts in (``greeting.after: connect``), as soon as the socket is attached. Memories were
-   fetched from ``/start`` on (``gateway.pipeline.greeting``).
+   fetched from ``/start`` on (``gateway.pipeline.greeting``). A phone call (``call``,
+   ``gateway.pipeline.phone``) sends no ``client-ready``: it is greeted when its media stream starts,
+   with the audio synthesised while the provider was connecting it (``gateway.pipeline.pregreeting``).
 3. **Pipeline.** A text session says its greeting itself and only then builds its Pipecat pipeline
    (``gateway.pipeline.builder``), when no other caller of this process is still owed a greeting
    (``gateway.pipeline.builds``) or at once if its client has said something. A session with speech

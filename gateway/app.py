@@ -24,12 +24,15 @@ from gateway.keys import (
     tokens_key,
 )
 from gateway.logging import get_logger
+from gateway.looplag import LoopLagMonitor
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline.builder import SessionDeps
 from gateway.pipeline.builds import GreetingBoard, PipelineBuilds
 from gateway.pipeline.llm import OpenAIClients, create_http_client
 from gateway.pipeline.pipecatcompat import cache_worker_handlers
+from gateway.pipeline.voice import VoiceModels
 from gateway.settings import Settings
+from gateway.telephony import setup_telephony
 from gateway.tenants import TenantFileError, TenantRegistry
 from gateway.tokens import SessionTokens, load_or_create_secret
 from gateway.web import setup_web
@@ -93,6 +96,7 @@ def create_app(
     routes.setup(app)
     memory_import.setup(app)
     setup_web(app)
+    setup_telephony(app)
     return app
 
 
@@ -133,11 +137,16 @@ async def _deps_ctx(app: web.Application) -> AsyncIterator[None]:
     # (gateway.pipeline.pipecatcompat).
     cache_worker_handlers()
     http_client = create_http_client(settings.llm_timeout_secs)
+    metrics = app[metrics_key]
+    voice_models = VoiceModels(
+        shared=settings.voice_analyzers == "shared", vad_gather_secs=settings.vad_batch_secs
+    )
     deps = app[deps_key] = SessionDeps(
         settings=settings,
-        metrics=app[metrics_key],
+        metrics=metrics,
         http_client=http_client,
         openai_clients=OpenAIClients(http_client),
+        voice_models=voice_models,
         builds=PipelineBuilds(
             concurrency=settings.start_concurrency,
             max_defer=settings.build_defer_secs,
@@ -146,8 +155,15 @@ async def _deps_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     if any(tenant.stt is not None for tenant in app[tenants_key]):
         # Load the VAD model now, off the loop, rather than in the first voice caller's connect.
-        await asyncio.get_running_loop().run_in_executor(None, deps.voice_models.vad_analyzer)
+        await asyncio.get_running_loop().run_in_executor(None, voice_models.load)
+    lag = LoopLagMonitor()
+    lag.start()
+    metrics.event_loop_lag_seconds.set_function(lag.worst.value)
+    metrics.vad_wait_seconds.set_function(
+        lambda: voice_models.batcher.wait.value() if voice_models.batcher is not None else 0.0
+    )
     yield
+    await lag.stop()
     await deps.builds.close()
     await http_client.aclose()
 

@@ -184,6 +184,19 @@ class GatewayMetrics:
             ["backend", "operation"],
             registry=r,
         )
+        # Saturation, per process (gateway.looplag, gateway.pipeline.vad): read at scrape time.
+        self.event_loop_lag_seconds = Gauge(
+            "gateway_event_loop_lag_seconds",
+            "Worst event-loop lag of the last 10 s (a short sleep's oversleep): when it grows, every "
+            "session's audio and turn ends wait",
+            registry=r,
+        )
+        self.vad_wait_seconds = Gauge(
+            "gateway_vad_wait_seconds",
+            "Worst wait of a caller's audio window for its VAD score in the last 10 s (batching and a "
+            "busy loop)",
+            registry=r,
+        )
         self.build_info = Gauge("gateway_build_info", "Versions", ["version", "pipecat", "mem0"], registry=r)
         self.build_info.labels(__version__, _version("pipecat-ai"), _version("mem0ai")).set(1)
         self._limit_labels: set[str] = set()

@@ -105,7 +105,7 @@ def _ids(body: Any) -> dict[str, str | None]:
     return ids
 
 
-def _ws_base(request: web.Request) -> str:
+def ws_base(request: web.Request) -> str:
     """Where the client's WebSocket should go: the public URL, else the host it reached us at — on this
     worker's own port under ``serve --workers``, so the socket finds the session started here."""
     settings = request.app[settings_key]
@@ -235,7 +235,7 @@ async def start_session(
     log.info("start.accepted")
     return web.json_response(
         {
-            "wsUrl": f"{_ws_base(request)}/ws-client/{token}{query}",
+            "wsUrl": f"{ws_base(request)}/ws-client/{token}{query}",
             "token": token,
             "sessionId": claims.session_id,
         }
@@ -305,6 +305,11 @@ def _write_room(request: web.Request) -> int:
     return high - buffered if buffered <= low else 0
 
 
+def socket_handle(request: web.Request, ws: web.WebSocketResponse) -> SocketHandle:
+    """An accepted WebSocket with what only its request can do (drop the connection, tell its room)."""
+    return SocketHandle(ws, functools.partial(_abort, request), functools.partial(_write_room, request))
+
+
 def _admission(
     request: web.Request, tenant: TenantConfig, claims: SessionClaims
 ) -> tuple[str, int, str] | None:
@@ -353,15 +358,19 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     tenant: TenantConfig | None = app[tenants_key].get(claims.tenant)
     if tenant is None:
         return await _refuse(request, ws, None, "bad_token", closecodes.BAD_TOKEN, bad_token)
+    if claims.serializer not in (None, *SERIALIZERS):
+        # A phone call's token (its wire format is Twilio's, gateway.telephony): refused before it is
+        # spent or its session claimed, so the call it belongs to goes on.
+        return await _refuse(request, ws, tenant.name, "bad_token", closecodes.BAD_TOKEN, bad_token)
     structlog.contextvars.bind_contextvars(tenant=tenant.name, session_id=claims.session_id)
-    socket = SocketHandle(ws, functools.partial(_abort, request), functools.partial(_write_room, request))
+    socket = socket_handle(request, ws)
     # A token already spent (or expired) comes back: its session here may be waiting for its client,
     # whose network dropped (resumption; never two sockets at once: only a detached session resumes).
     detached = registry.detached(claims.session_id)
     if detached is not None and _admission(request, tenant, claims) is None:
         session, task = detached
         if await session.resume(socket, accepted_at):
-            await _until_done(socket, task)
+            await until_done(socket, task)
             return ws
     if expired:
         log.info("ws.bad_token", detail="ExpiredSignatureError")
@@ -401,7 +410,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         return await _refuse(request, ws, tenant.name, *refusal)
     if pending is not None:
         pending.session.attach(socket, accepted_at)
-        await _until_done(socket, pending.task)
+        await until_done(socket, pending.task)
         return ws
 
     assert lease is not None
@@ -422,11 +431,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         return await _refuse(
             request, ws, tenant.name, "internal_error", closecodes.INTERNAL_ERROR, "internal error"
         )
-    await _until_done(socket, registry.launch(session, lease))
+    await until_done(socket, registry.launch(session, lease))
     return ws
 
 
-async def _until_done(socket: SocketHandle, session: asyncio.Task[str]) -> None:
+async def until_done(socket: SocketHandle, session: asyncio.Task[str]) -> None:
     """Keep the handler (and so the socket) open until the session is done with this socket: it
     ended, or the socket dropped and the session waits for its client on another (resumption). The
     session runs in its own task: a handler cancelled with its connection does not cut it short."""

@@ -103,6 +103,21 @@ class Settings(BaseSettings):
         description="a greeted text session builds its pipeline once no caller of the process is owed "
         "a greeting, or when its client speaks, but never later than this after asking",
     )
+    voice_analyzers: Literal["shared", "pipecat"] = Field(
+        default="shared",
+        description="shared: every voice session's VAD (and smart-turn) runs on one ONNX session per "
+        "process, VAD windows scored in batches on the event loop; pipecat: Pipecat's own analyzers per "
+        "session (an ONNX session and a thread each, every audio frame handed to it), the voice "
+        "benchmark's baseline",
+    )
+    vad_batch_secs: float = Field(
+        default=0.008,
+        ge=0,
+        le=0.05,
+        description="how long a caller's completed 32 ms VAD window may wait for other sessions' to be "
+        "scored with it in one ONNX run (gateway.pipeline.vad): at 30 calls 8 ms makes batches of ≈10 "
+        "and takes the gateway from ≈71 to ≈56 % of a core; 0 = the next loop iteration",
+    )
     memory_workers: int = Field(default=8, ge=1, le=256)
     memory_call_timeout_secs: float = Field(default=10.0, gt=0)
     memory_pool_size: int = Field(default=4, ge=1)

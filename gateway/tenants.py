@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from memory.config import MemorySettings
 
@@ -114,6 +114,12 @@ class STTSettings(BaseModel):
         "≈100 ms of CPU per user pause)",
     )
     speech_timeout_secs: float = Field(default=0.6, gt=0, le=5)
+    mute_until_greeted: bool = Field(
+        default=False,
+        description="ignore the caller's speech until the greeting has been spoken (Pipecat's "
+        "MuteUntilFirstBotCompleteUserMuteStrategy, what STTMuteFilter became): the greeting cannot be "
+        "interrupted; replies still can",
+    )
 
     _api_key_env = field_validator("api_key_env")(_env_name)
 
@@ -161,6 +167,40 @@ class GreetingRanking(BaseModel):
         default=0.9, gt=0, le=1, description="cosine at or above which two memories are one"
     )
     pool_size: int = Field(default=24, ge=1, le=100, description="newest candidates ranked")
+
+
+class TwilioSettings(BaseModel):
+    """Phone calls through Twilio Media Streams (``gateway.telephony``): the number's voice webhook is
+    ``POST /telephony/twilio/<tenant>``; each call is a voice session of this tenant (its ``stt`` and
+    ``tts`` are required), the caller's number its ``user_id``."""
+
+    auth_token_env: str = Field(
+        description="name of the env var holding the account's Auth Token: it checks X-Twilio-Signature "
+        "on the webhook and the media stream, and hangs up calls through Twilio's REST API"
+    )
+    agent_id: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}$", description="the calls' agent_id"
+    )
+    user_id_prefix: str = Field(
+        default="tel:",
+        pattern=r"^[A-Za-z][A-Za-z0-9._:-]{0,15}$",
+        description="a caller's user_id is this + their E.164 number (tel:+15551234567); a withheld "
+        "number has none (the call is its own run_id)",
+    )
+    hang_up: bool = Field(
+        default=True, description="end the call through Twilio's REST API when the session ends"
+    )
+    api_base_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="Twilio's REST API root for hang-ups; default https://api.twilio.com",
+    )
+
+    _auth_token_env = field_validator("auth_token_env")(_env_name)
+
+
+class TelephonySettings(BaseModel):
+    twilio: TwilioSettings | None = None
 
 
 class GreetingSettings(BaseModel):
@@ -230,6 +270,13 @@ class TenantConfig(BaseModel):
     greeting: GreetingSettings = Field(default_factory=GreetingSettings)
     stt: STTSettings | None = Field(default=None, description="voice in; unset = text only")
     tts: TTSSettings | None = Field(default=None, description="voice out; unset = text only")
+    telephony: TelephonySettings = Field(default_factory=TelephonySettings, description="phone calls")
+
+    @model_validator(mode="after")
+    def _phones_need_voice(self) -> TenantConfig:
+        if self.telephony.twilio is not None and (self.stt is None or self.tts is None):
+            raise ValueError("telephony.twilio needs stt and tts: a phone call is voice both ways")
+        return self
 
     @field_validator("api_keys")
     @classmethod

@@ -9,6 +9,8 @@ or in Redis for every replica.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import time
 import uuid
@@ -87,6 +89,12 @@ class SessionTokens:
             "ser": serializer,
         }
         return jwt.encode(payload, self._secret, algorithm=ALGORITHM), claims
+
+    def tag(self, *parts: str) -> str:
+        """A keyed hash of ``parts`` for log lines (12 hex digits of HMAC-SHA256 under the secret): the
+        same input always gets the same tag, and nobody without the secret can tell what it was."""
+        mac = hmac.new(self._secret.encode(), "\0".join(parts).encode(), hashlib.sha256)
+        return mac.hexdigest()[:12]
 
     def verify(self, token: str, *, expired_ok: bool = False) -> SessionClaims:
         """Check signature, audience and expiry (single use: ``SessionRegistry.spend_token``).

@@ -32,6 +32,7 @@ TAGS = ["memory-gateway"]
 TENANT = 'tenant=~"$tenant"'
 QUANTILES = (0.5, 0.95, 0.99)
 # Alert thresholds in deploy/prometheus/rules.yml, drawn on the matching panels.
+LOOP_LAG_SECS = 0.05  # deploy/prometheus/rules.yml GatewayEventLoopLagging
 GREETING_SLO_SECS = 1.0
 MEMORY_ERROR_RATIO = 0.05
 SESSION_LIMIT_RATIO = 0.9
@@ -374,6 +375,19 @@ def overview() -> dashboard.Dashboard:
             unit="short",
             width=8,
             stacked=True,
+        ),
+        series(
+            "Saturation: event-loop lag and VAD wait",
+            "Worst of the last 10 s per process: how late the event loop wakes up (every session waits "
+            f"behind it; the alert fires above {LOOP_LAG_SECS * 1000:g} ms), and how long a caller's audio "
+            "window waits for its VAD score.",
+            [
+                ("max by (instance) (gateway_event_loop_lag_seconds)", "loop lag {{instance}}"),
+                ("max by (instance) (gateway_vad_wait_seconds)", "VAD wait {{instance}}"),
+            ],
+            unit="s",
+            width=24,
+            threshold=LOOP_LAG_SECS,
         ),
     )
 

@@ -10,15 +10,24 @@ pipeline, same context-enhancement format), but:
 * retrieval uses the scope rules in ``memory.scope`` (a new ``run_id`` does not hide old memories),
   is bounded by a deadline, and a miss is counted by the backend instead of silently becoming ``[]``;
 * the recalled-memories message replaces the previous one instead of piling up one per turn, and is
-  never itself stored as a memory; nor is the greeting (it only restates memories).
+  never itself stored as a memory; nor is the greeting (it only restates memories);
+* the caller's audio ends here: it has served the STT and the user aggregator's VAD upstream, and
+  nothing after the memory service reads it (LLM, TTS, output transport, assistant aggregator), where
+  each 20 ms frame would cross four more queues and wake four more tasks (Pipecat's user aggregator
+  passes every frame on);
+* a spoken turn's search can start before the turn ends (``search_ahead``): its text is known once the
+  transcript arrives, while the turn still waits out its ``speech_timeout_secs``; the turn then finds
+  its memories ready instead of waiting for them (``gateway.pipeline.searchahead``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
-from pipecat.frames.frames import Frame, LLMContextFrame
+from pipecat.frames.frames import Frame, InputAudioRawFrame, LLMContextFrame
 from pipecat.processors.aggregators.llm_context import LLMContext, LLMSpecificMessage
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.services.mem0.memory import Mem0MemoryService
@@ -57,6 +66,7 @@ class GatewayMemoryService(Mem0MemoryService):
         self._scope = scope
         self._search_timeout = search_timeout
         self._memory_message: dict[str, Any] | None = None
+        self._ahead: tuple[str, asyncio.Task[list[dict[str, Any]]]] | None = None
 
     async def get_memories(
         self, limit: int | None = None, timeout: float | None = None
@@ -81,11 +91,42 @@ class GatewayMemoryService(Mem0MemoryService):
             log.warning("memory search failed or missed its deadline: %s", type(e).__name__)
             return []
 
+    def search_ahead(self, query: str) -> None:
+        """Start searching for ``query`` now; the turn whose text it turns out to be uses the result.
+        A later query replaces an earlier one (a transcript that grew), and a turn whose text is
+        another searches for its own: nothing is ever answered from a stale search."""
+        query = storable(query)
+        if not query or (self._ahead is not None and self._ahead[0] == query):
+            return
+        self._drop_ahead()
+        self._ahead = (query, asyncio.create_task(self._retrieve_memories(query), name="memory-search-ahead"))
+
+    def _drop_ahead(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead[1].cancel()
+
+    async def _search(self, query: str) -> list[dict[str, Any]]:
+        ahead = self._ahead
+        if ahead is not None and ahead[0] == query:
+            self._ahead = None
+            return await ahead[1]
+        self._drop_ahead()
+        return await self._retrieve_memories(query)
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead[1].cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ahead[1]
+
     async def _enhance_context_with_memories(self, context: LLMContext, query: str) -> None:
         if self.last_query == query:
             return
         self.last_query = query  # type: ignore[assignment]  # Pipecat annotates it as None
-        memories = await self._retrieve_memories(query)
+        memories = await self._search(query)
         messages: list[Any] = list(context.get_messages())
         if self._memory_message is not None:
             messages = [m for m in messages if m is not self._memory_message]
@@ -102,7 +143,8 @@ class GatewayMemoryService(Mem0MemoryService):
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await FrameProcessor.process_frame(self, frame, direction)
         if not isinstance(frame, LLMContextFrame):
-            await self.push_frame(frame, direction)
+            if not isinstance(frame, InputAudioRawFrame):
+                await self.push_frame(frame, direction)
             return
         context = frame.context
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import secrets
 import tempfile
 import uuid
 import warnings
@@ -36,7 +37,9 @@ from memory.embedder import load_wordllama
 from memory.postgres import EmbeddedPostgres, prepare_database
 from tests.audit import Audit
 from tests.clients import WireClient, rtvi_client
+from tests.fake_audio import FakeAudioAPI
 from tests.fake_llm import FakeLLM
+from tests.fake_twilio import FakeTwilioAPI
 
 AUDIT_KEY = pytest.StashKey[Audit]()
 AUDIT_LEVEL = os.environ.get("TEST_LOG_LEVEL", "INFO").upper()
@@ -139,6 +142,36 @@ async def fake_llm() -> AsyncIterator[FakeLLM]:
     await llm.start()
     yield llm
     await llm.close()
+
+
+@pytest.fixture(scope="session")
+async def fake_audio() -> AsyncIterator[FakeAudioAPI]:
+    """OpenAI's audio API (transcriptions, speech), local (tests/fake_audio.py)."""
+    api = FakeAudioAPI()
+    await api.start()
+    yield api
+    await api.close()
+
+
+@pytest.fixture(scope="session")
+async def twilio_api() -> AsyncIterator[FakeTwilioAPI]:
+    """Twilio's REST API, as far as a hang-up goes (tests/fake_twilio.py)."""
+    api = FakeTwilioAPI()
+    await api.start()
+    yield api
+    await api.close()
+
+
+TWILIO_AUTH_ENV = "MGW_TEST_TWILIO_AUTH_TOKEN"
+
+
+@pytest.fixture
+def auth_token(monkeypatch: pytest.MonkeyPatch, audit: Audit) -> str:
+    """A Twilio Auth Token, in the variable phone tenants name (tests/phone.py)."""
+    token = secrets.token_hex(16)
+    monkeypatch.setenv(TWILIO_AUTH_ENV, token)
+    audit.register("Twilio auth token", token)
+    return token
 
 
 def unique(prefix: str = "t") -> str:

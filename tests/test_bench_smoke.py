@@ -1,8 +1,8 @@
 """The benchmark harness still runs: ``python -m bench --smoke`` for the scenarios of issue 6's harness
 (greeting vs the naive recipe, floor, search, writes), the ``serve --workers`` burst (10 sessions
 against real ``memory-gateway serve`` processes, one and two workers), set-up CPU, the memory-quality
-evaluation set (4 users) and per-turn search recall (vector only vs hybrid), asserting shape, never
-timing."""
+evaluation set (4 users), per-turn search recall (vector only vs hybrid) and voice capacity (two phone
+calls, each variant), asserting shape, never timing."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ SCENARIOS = [
     "setup_cpu",
     "memory_quality",
     "retrieval",
+    "voice_capacity",
 ]
 
 

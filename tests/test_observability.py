@@ -22,6 +22,8 @@ CONTRACT = {
     "gateway_llm_tokens_total": {"tenant", "kind"},
     "gateway_ws_messages_total": {"tenant", "direction"},
     "gateway_build_info": {"version", "pipecat", "mem0"},
+    "gateway_event_loop_lag_seconds": set(),
+    "gateway_vad_wait_seconds": set(),
 }
 
 

@@ -301,3 +301,36 @@ def test_our_memory_service_sets_every_attribute_pipecats_constructor_sets() -> 
     assert not missing, (
         f"Mem0MemoryService.__init__ now sets {sorted(missing)}: set them in memory/service.py"
     )
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_a_batched_silero_run_leaves_each_stream_as_its_own_model_call_would(rate: int) -> None:
+    """``score_silero_batch`` reads and writes ``SileroOnnxModel``'s ``_state``, ``_context``,
+    ``_last_sr`` and ``_last_batch_size``, and repeats ``__call__``'s resets: three streams scored
+    together, one of them reset mid-way (as ``_maybe_reset_model`` does), score as each alone."""
+    from importlib.resources import files
+
+    import numpy as np
+
+    from tests.speech import espeak
+
+    samples = pipecatcompat.silero_window_samples(rate)
+    speech = np.frombuffer(espeak("Three streams of speech, scored together.", rate), np.int16)
+    windows = len(speech) // samples
+    audio = speech[: windows * samples].astype(np.float32).reshape(windows, samples) / 32768.0
+    streams = [np.roll(audio, shift, axis=0) for shift in (0, 3, 7)]  # each stream its own audio
+    path = str(files("pipecat.audio.vad.data").joinpath("silero_vad.onnx"))
+    stock = [SileroOnnxModel(path) for _ in streams]
+    session = stock[0].session
+    ours = [pipecatcompat._SharedSessionSileroModel(session) for _ in streams]
+    for w in range(windows):
+        if w == windows // 2:
+            stock[1].reset_states()
+            ours[1].reset_states()
+        expected = [float(model(stream[w], rate)[0][0]) for model, stream in zip(stock, streams, strict=True)]
+        batch = np.stack([stream[w] for stream in streams])
+        got = pipecatcompat.score_silero_batch(session, ours, batch, rate).tolist()
+        assert got == pytest.approx(expected, abs=1e-5), f"window {w}"
+    for model in ours:
+        assert (model._last_sr, model._last_batch_size) == (rate, 1)
+        assert model._state.shape == (2, 1, 128)

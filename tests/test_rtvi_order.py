@@ -67,7 +67,7 @@ async def test_the_pipeline_agrees_with_the_handshake_and_never_answers_twice(
     session = await _live(gateway)
     assert await client.say("are you there") == "I heard: are you there"
     parts = session._parts
-    assert parts is not None and parts.rtvi.mismatches == 0
+    assert parts is not None and parts.rtvi is not None and parts.rtvi.mismatches == 0
     assert not parts.rtvi._answered, "Pipecat never produced the bot-ready the session answered for it"
     assert _types(client.received).count("bot-ready") == 1
 
@@ -95,7 +95,8 @@ async def test_every_client_ready_gets_pipecats_own_answer(
     await client.bot_turn()  # the greeting
     session = await _live(gateway)
     assert await client.say("still here") == "I heard: still here"
-    assert session._parts is not None and session._parts.rtvi.mismatches == 0
+    assert session._parts is not None and session._parts.rtvi is not None
+    assert session._parts.rtvi.mismatches == 0
     errors = [m for m in client.received if m["type"] == "error-response"]
     assert len(errors) == (0 if data.get("version") == "1.4.0" else 1)
     if data.get("version") == "1.4.0":

@@ -15,7 +15,6 @@ import base64
 import json
 import os
 import wave
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
@@ -62,14 +61,6 @@ def speech() -> bytes:
 
 def silence(seconds: float) -> bytes:
     return bytes(int(RATE * seconds) * 2)
-
-
-@pytest.fixture(scope="module")
-async def fake_audio() -> AsyncIterator[FakeAudioAPI]:
-    api = FakeAudioAPI()
-    await api.start()
-    yield api
-    await api.close()
 
 
 @dataclass
@@ -420,3 +411,48 @@ async def test_concurrent_voice_sessions_open_one_onnx_session_between_them(
     for client in clients:
         assert "nice to meet you" in (await client.bot_turn()).lower()
     assert opened == ["silero_vad.onnx"]
+
+
+async def test_a_spoken_turns_latency_runs_from_where_the_speech_really_ended(
+    make_gateway: GatewayFactory, fake_audio: FakeAudioAPI
+) -> None:
+    """Voice in, text out: user→bot latency from the VAD's verdict less its ``stop_secs`` (the real end
+    of speech), so it includes both waits a turn's end costs by configuration."""
+    stt = {"vad": {"stop_secs": 0.3}, "speech_timeout_secs": 0.4}
+    gateway = await make_gateway(tenants=[voice_tenant(fake_audio, stt=stt, tts=False)])
+    client = await connect(gateway, user_id="latency")
+    await client.ready()
+    await client.bot_turn()
+    await client.send_audio(silence(0.2) + speech() + silence(0.9))
+    await client.next("bot-llm-stopped")
+
+    tenant = gateway.tenant
+    assert gateway.sample("gateway_user_bot_latency_seconds_count", tenant=tenant) == 1
+    assert gateway.sample("gateway_user_bot_latency_seconds_sum", tenant=tenant) >= 0.3 + 0.4
+
+
+async def test_a_spoken_turns_memories_are_searched_once_while_the_turn_still_waits(
+    make_gateway: GatewayFactory, fake_audio: FakeAudioAPI
+) -> None:
+    """The search starts with the transcript (``gateway.pipeline.searchahead``), not when the turn ends
+    ``speech_timeout_secs`` later; the turn then uses it instead of searching again."""
+    gateway = await make_gateway(tenants=[voice_tenant(fake_audio, stt={"speech_timeout_secs": 1.5})])
+    tenant = gateway.tenant
+
+    def searches() -> float:
+        return gateway.sample(
+            "gateway_memory_seconds_count", tenant=tenant, operation="search", backend="pgvector"
+        )
+
+    client = await connect(gateway, "rtvi", user_id="ahead")
+    await client.ready()
+    await client.until("bot-stopped-speaking")
+    before = searches()
+    await client.send_audio(silence(0.2) + speech() + silence(0.3))
+    heard = await client.until("user-transcription")
+    async with asyncio.timeout(1.0):  # well inside the turn's 1.5 s wait for more words
+        while searches() == before:
+            await asyncio.sleep(0.01)
+    assert "user-stopped-speaking" not in [m["type"] for m in heard]  # the turn has not ended yet
+    await client.until("bot-llm-stopped")
+    assert searches() == before + 1

@@ -54,6 +54,7 @@ from gateway.pipeline.llm import (
 from gateway.pipeline.observers import SessionMetricsObserver, TurnEnd
 from gateway.pipeline.pipecatcompat import SessionPipeline, enable_direct_mode
 from gateway.pipeline.rtvi import DirectRTVIProcessor
+from gateway.pipeline.searchahead import SearchAhead
 from gateway.pipeline.transport import (
     AiohttpWebsocketClient,
     AiohttpWebsocketParams,
@@ -90,7 +91,7 @@ class SessionPipelineParts:
     worker: SessionWorker
     runner: WorkerRunner
     llm: FrameProcessor
-    rtvi: DirectRTVIProcessor
+    rtvi: DirectRTVIProcessor | None  # None: a phone call (no RTVI client on the other end)
     memory: GatewayMemoryService
 
 
@@ -114,13 +115,19 @@ def build_pipeline(
     store: ConversationStore,
     voice: Voice,
     on_reply: Callable[[object, object], Awaitable[None]],
+    rtvi: bool = True,
 ) -> SessionPipelineParts:
-    """The session's pipeline, worker and runner, over ``client``'s socket, ready to run."""
+    """The session's pipeline, worker and runner, over ``client``'s socket, ready to run.
+
+    ``rtvi=False`` (a phone call: its provider's stream carries audio only) leaves RTVI out: no
+    processor, and no observer turning every frame into a message nobody would read."""
     transport = AiohttpWebsocketTransport(client, params, hooks)
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(
-            user_turn_strategies=voice.turn_strategies or _text_turns(), vad_analyzer=voice.vad_analyzer
+            user_turn_strategies=voice.turn_strategies or _text_turns(),
+            vad_analyzer=voice.vad_analyzer,
+            user_mute_strategies=voice.mute_strategies(),
         ),
     )
     # Direct mode for processors that only update the context and pass frames on: the assistant
@@ -171,8 +178,10 @@ def build_pipeline(
     observers: list[BaseObserver] = [observer]
     if turn_end == "pipecat":
         observers.append(observer.voice_latency_observer())
+    if voice.audio_in:
+        observers.append(SearchAhead(memory))
     # Direct mode too: it answers client messages from a task of its own and only passes frames on.
-    rtvi = DirectRTVIProcessor(output=transport.output(), enable_direct_mode=True)
+    processor = DirectRTVIProcessor(output=transport.output(), enable_direct_mode=True) if rtvi else None
     worker = SessionWorker(
         pipeline,
         observers=observers,
@@ -183,7 +192,8 @@ def build_pipeline(
             audio_out_sample_rate=voice.audio_out_sample_rate,
         ),
         idle_timeout_secs=None,
-        rtvi_processor=rtvi,
+        enable_rtvi=rtvi,
+        rtvi_processor=processor,
         # Pipecat's turn tracking feeds its tracing and audio recording, neither used here; it
         # would be one more observer on every frame.
         enable_turn_tracking=False,
@@ -192,5 +202,5 @@ def build_pipeline(
     )
     runner = WorkerRunner(handle_sigint=False, check_dangling_tasks=False)
     return SessionPipelineParts(
-        transport=transport, worker=worker, runner=runner, llm=llm, rtvi=rtvi, memory=memory
+        transport=transport, worker=worker, runner=runner, llm=llm, rtvi=processor, memory=memory
     )

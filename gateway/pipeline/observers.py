@@ -2,11 +2,13 @@
 
 * TTFB and LLM token usage arrive as ``MetricsFrame``s (``enable_metrics`` / ``enable_usage_metrics``);
   a processor name is mapped to its service kind (llm, stt, tts) once, when the session is built.
-* User→bot latency with voice in and out is Pipecat's ``UserBotLatencyObserver`` (VAD stop → bot
-  starts speaking). Without speech out it never fires, so there the turn's end is timed to the first
-  LLM text out: a typed turn ends when RTVI's ``send-text`` appends the message and runs the LLM
-  (``LLMMessagesAppendFrame``); a spoken one when the user aggregator ends the turn
-  (``UserStoppedSpeakingFrame``).
+* User→bot latency with voice in and out is Pipecat's ``UserBotLatencyObserver``: from the moment
+  the user really stopped speaking (the VAD's verdict minus its ``stop_secs``) to the bot starting to
+  speak. Without speech out it never fires, so there the turn's end is timed to the first LLM text out:
+  a typed turn ends when RTVI's ``send-text`` appends the message and runs the LLM
+  (``LLMMessagesAppendFrame``); a spoken one where the user really stopped speaking, as Pipecat's
+  observer counts it (``VADUserStoppedSpeakingFrame``'s time minus its ``stop_secs``), not when the
+  turn was released.
 
 Label children are resolved once per session, so a frame costs a dict lookup, never a label lookup.
 """
@@ -20,7 +22,8 @@ from pipecat.frames.frames import (
     LLMMessagesAppendFrame,
     LLMTextFrame,
     MetricsFrame,
-    UserStoppedSpeakingFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
 )
 from pipecat.metrics.metrics import LLMUsageMetricsData, TTFBMetricsData
 from pipecat.observers.base_observer import BaseObserver, FramePushed
@@ -66,8 +69,11 @@ class SessionMetricsObserver(BaseObserver):
         if self._turn_end == "typed":
             if isinstance(frame, LLMMessagesAppendFrame) and frame.run_llm:
                 self._turn_ended_at = time.monotonic()
-        elif isinstance(frame, UserStoppedSpeakingFrame):
-            self._turn_ended_at = time.monotonic()
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
+            # On the monotonic clock: the frame's wall-clock verdict, less the silence it waited out.
+            self._turn_ended_at = time.monotonic() - (time.time() - frame.timestamp) - frame.stop_secs
+        elif isinstance(frame, VADUserStartedSpeakingFrame):
+            self._turn_ended_at = None  # a pause, not the end: the turn ends at the next stop
         if isinstance(frame, LLMTextFrame) and self._turn_ended_at is not None:
             self._latency.observe(time.monotonic() - self._turn_ended_at)
             self._turn_ended_at = None

@@ -34,6 +34,14 @@ a Pipecat upgrade moves or changes what it relies on.
   Pipecat opens an ONNX session per analyzer in ``__init__``; these mirror its ``__init__`` (the
   attributes it sets: ``_model``, ``_windows_since_reset``, ``_low_confidence_windows``, ``session``,
   ``sample_rates``; ``_log_data``, ``_session``) around the process's one session.
+* **Silero scored in batches across sessions** (``BatchedSileroVADAnalyzer``, ``score_silero_batch``):
+  stock ``VADAnalyzer.analyze_audio`` hands every audio frame (10-20 ms) to a thread of the analyzer's
+  own and back, and each window is one ONNX run. Here a frame that completes no window is answered on
+  the event loop with the state it already has, and a completed window is scored in one ONNX run with
+  the windows every other session completed meanwhile (``gateway.pipeline.vad.VADBatcher``); Pipecat's
+  own ``_run_analyzer`` then runs the VAD's state machine and volume on it, exactly as stock does. A
+  batched run reads and writes each stream's ``SileroOnnxModel`` state as ``__call__`` does
+  (``_state``, ``_context``, ``_last_sr``, ``_last_batch_size``).
 
 ``tests/test_pipecat_compat.py`` checks each against the installed Pipecat (and ``tests/test_voice.py``
 that the shared analyzers score and predict as Pipecat's own do).
@@ -42,13 +50,14 @@ that the shared analyzers score and predict as Pipecat's own do).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 from onnxruntime import InferenceSession
 from pipecat.audio.turn.smart_turn.base_smart_turn import BaseSmartTurn
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
-from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
+from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
 from pipecat.observers.base_observer import BaseObserver
 from pipecat.pipeline import job_decorator, worker_ready_decorator
 from pipecat.pipeline.pipeline import Pipeline
@@ -227,3 +236,82 @@ class SharedSmartTurnAnalyzer(LocalSmartTurnAnalyzerV3):
         BaseSmartTurn.__init__(self, **kwargs)
         self._log_data = loaded._log_data
         self._session = loaded._session
+
+
+class WindowScorer(Protocol):
+    """Scores one Silero window of one stream (``gateway.pipeline.vad.VADBatcher``)."""
+
+    async def score(self, model: SileroOnnxModel, window: bytes, sample_rate: int) -> float: ...
+
+
+def silero_window_samples(sample_rate: int) -> int:
+    """Samples per Silero window (``SileroVADAnalyzer.num_frames_required``)."""
+    return 512 if sample_rate == 16000 else 256
+
+
+def score_silero_batch(
+    session: InferenceSession, models: Sequence[SileroOnnxModel], windows: np.ndarray, sample_rate: int
+) -> np.ndarray:
+    """One window per stream, scored in one ONNX run: ``windows[i]`` (float32 samples) with
+    ``models[i]``'s recurrent state and context, each model left as its own ``__call__`` would leave
+    it. Returns the confidences, one per stream. Every model must be a distinct stream."""
+    context_size = 64 if sample_rate == 16000 else 32
+    for model in models:
+        # SileroOnnxModel.__call__'s resets, for a batch of one per stream.
+        if not model._last_batch_size or model._last_sr != sample_rate or model._last_batch_size != 1:
+            model.reset_states(1)
+        if not np.shape(model._context)[1]:
+            model._context = np.zeros((1, context_size), dtype="float32")
+    x = np.concatenate([np.concatenate([m._context for m in models], axis=0), windows], axis=1)
+    state = np.concatenate([m._state for m in models], axis=1)
+    rate = np.array(sample_rate, dtype="int64")
+    out, new_state = session.run(None, {"input": x, "state": state, "sr": rate})
+    for i, model in enumerate(models):
+        model._state = new_state[:, i : i + 1, :]
+        model._context = x[i : i + 1, -context_size:]
+        model._last_sr = sample_rate
+        model._last_batch_size = 1
+    scores: np.ndarray = out[:, 0]
+    return scores
+
+
+class BatchedSileroVADAnalyzer(SharedSileroVADAnalyzer):
+    """A ``SileroVADAnalyzer`` on the process's session whose windows are scored by ``scorer``
+    (in batches across sessions, on the event loop): no thread, no executor round trip per frame.
+
+    ``analyze_audio`` keeps the audio that completes no window and answers with the VAD state it
+    has; each completed window is scored, then goes through Pipecat's own ``_run_analyzer`` (the
+    state machine, the volume, the model resets of ``_maybe_reset_model``), one window at a time,
+    so every decision is stock Pipecat's on the same confidences.
+    """
+
+    def __init__(
+        self,
+        session: InferenceSession,
+        scorer: WindowScorer,
+        *,
+        sample_rate: int | None = None,
+        params: VADParams | None = None,
+    ) -> None:
+        super().__init__(session, sample_rate=sample_rate, params=params)
+        self._scorer = scorer
+        self._unscored = bytearray()
+        self._scored: float | None = None
+
+    async def analyze_audio(self, buffer: bytes) -> VADState:
+        self._unscored += buffer
+        size = self._vad_frames_num_bytes
+        while len(self._unscored) >= size:
+            window = bytes(self._unscored[:size])
+            del self._unscored[:size]
+            self._scored = await self._scorer.score(self._model, window, self.sample_rate)
+            self._run_analyzer(window)
+        return self._vad_state
+
+    def voice_confidence(self, buffer: Any) -> float:
+        scored, self._scored = self._scored, None
+        if scored is None:  # called directly, not from analyze_audio: score it alone, as stock does
+            return float(np.asarray(super().voice_confidence(buffer)).ravel()[0])
+        # What stock voice_confidence does after its model call.
+        self._maybe_reset_model(scored)
+        return scored

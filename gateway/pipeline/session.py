@@ -9,7 +9,9 @@ connect (``attach``). From then on it goes through these steps, each bounded:
 2. **Greeting.** By default in RTVI's order — right after ``bot-ready``, or after
    ``GATEWAY_CLIENT_READY_TIMEOUT_SECS`` for a client that never sends ``client-ready`` — or, when the
    tenant opts in (``greeting.after: connect``), as soon as the socket is attached. Memories were
-   fetched from ``/start`` on (``gateway.pipeline.greeting``).
+   fetched from ``/start`` on (``gateway.pipeline.greeting``). A phone call (``call``,
+   ``gateway.pipeline.phone``) sends no ``client-ready``: it is greeted when its media stream starts,
+   with the audio synthesised while the provider was connecting it (``gateway.pipeline.pregreeting``).
 3. **Pipeline.** A text session says its greeting itself and only then builds its Pipecat pipeline
    (``gateway.pipeline.builder``), when no other caller of this process is still owed a greeting
    (``gateway.pipeline.builds``) or at once if its client has said something. A session with speech
@@ -36,18 +38,25 @@ import pipecat.processors.frameworks.rtvi.models as RTVI
 from pipecat.frames.frames import (
     Frame,
     InputTransportMessageFrame,
+    LLMAssistantPushAggregationFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
 )
 from pipecat.pipeline.capabilities import BotCapabilities
 from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.utils.text.base_text_aggregator import TextType
 
 from gateway import closecodes
 from gateway.logging import get_logger
 from gateway.pipeline import greeting as greetings
 from gateway.pipeline.builder import SessionDeps, SessionPipelineParts, build_pipeline
 from gateway.pipeline.llm import resolve_endpoint
+from gateway.pipeline.phone import CallMedia
+from gateway.pipeline.pregreeting import PreparedGreeting
 from gateway.pipeline.rtvi import (
     LineRenderer,
     answer_client_ready,
@@ -141,6 +150,13 @@ class _Hooks(TransportHooks):
     def response_written(self) -> None:
         self._session._bot_line_written()
 
+    def audio_written(self) -> None:
+        if self._session._awaiting_first_audio:
+            self._session._first_audio()
+
+    def interrupted(self) -> None:
+        self._session._barged_in = True
+
     def client_message(self, message: dict[str, Any]) -> None:
         # What the client typed, as received: a disconnect may cut RTVI's handling of it short, or
         # come before the session has a pipeline; ``ConversationStore.store_final`` stores it then.
@@ -161,8 +177,11 @@ class Session:
         serializer: str,
         prefetch: asyncio.Task[Any] | None,
         prestarted: bool = False,
+        call: CallMedia | None = None,
     ) -> None:
-        """``prestarted``: assembled at ``/start``, ahead of its client (``attach`` follows)."""
+        """``prestarted``: assembled at ``/start``, ahead of its client (``attach`` follows).
+        ``call``: a phone call's media stream (``gateway.pipeline.phone``), the session's wire format:
+        it greets when the stream starts, with the greeting prepared meanwhile (``PreparedGreeting``)."""
         self.id = claims.session_id
         self.tenant = tenant
         self.deps = deps
@@ -174,12 +193,13 @@ class Session:
         self._accepted_at = 0.0
         self._started_at = perf_counter()
         settings = deps.settings
-        self._voice = build_voice(tenant, deps.voice_models, deps.http_client)
+        self._call = call
+        self._voice = build_voice(tenant, deps.voice_models, deps.http_client, phone=call is not None)
         # Speech out needs the pipeline (TTS) to greet; text is greeted before it exists.
         self._greets_first = tenant.tts is None
         self._hooks = _Hooks(self)
         self._params = AiohttpWebsocketParams(
-            serializer=create_serializer(serializer),
+            serializer=call if call is not None else create_serializer(serializer),
             max_bad_frames=settings.max_bad_frames,
             send_timeout=settings.send_timeout_secs,
             idle_timeout=settings.idle_timeout_secs,
@@ -199,6 +219,11 @@ class Session:
         self._answer: list[dict[str, Any]] = []
         self._greeting: greetings.Greeting | None = None
         self._greeting_pushed = False
+        self._prepared: PreparedGreeting | None = None
+        self._speaking: asyncio.Task[None] | None = None
+        # Voice out: the greeting counts as said at its first audio byte (gateway_greeting_seconds).
+        self._awaiting_first_audio = False
+        self._barged_in = False
         self._line_written: asyncio.Event | None = None
         self._connected = False
         self._unclaimed = False
@@ -305,12 +330,15 @@ class Session:
         if not self._greets_first:
             async with self.deps.builds.turn(now=True):
                 await self._build()  # the greeting is spoken: it needs the TTS
+            if self._call is not None and self._voice.tts is not None:
+                self._prepare_greeting()  # while the provider connects the media stream
         if not await self.client.wait_attached(self.deps.settings.prestart_secs or 10.0):
             self._unclaimed = self._prestarted
             return
         self._on_connected()
         self.client.start_reading(self._on_frame, self._on_client_gone)
-        await self._greet()
+        if not await self._greet():
+            return
         if self._parts is None:
             async with self.deps.builds.turn(self._inbox.urgent):
                 await self._build()
@@ -350,7 +378,7 @@ class Session:
 
     async def _answer_client_ready(self, message: dict[str, Any]) -> None:
         self._answer = answer_client_ready(message, self._capabilities())
-        if self._parts is not None:
+        if self._parts is not None and self._parts.rtvi is not None:
             self._parts.rtvi.answered(self._answer)
         async with self._writing:
             for reply in self._answer:
@@ -359,9 +387,35 @@ class Session:
     def _capabilities(self) -> BotCapabilities:
         return capabilities(audio_in=self._voice.audio_in, audio_out=self._voice.audio_out)
 
-    async def _greet(self) -> None:
+    def _prepare_greeting(self) -> None:
         settings = self.tenant.greeting
-        if settings.after == "bot_ready" and not self._inbox.spoke.is_set():
+        deadline = asyncio.get_running_loop().time() + (
+            settings.deadline_secs or self.deps.settings.greeting_deadline_secs
+        )
+        prefetch = self._prefetch or greetings.start_prefetch(self._backend, self.scope, self.tenant)
+        self._prepared = PreparedGreeting(prefetch, settings, deadline)
+        assert self._voice.tts is not None
+        self._prepared.start(self._voice.tts)
+
+    async def _stream_started(self) -> bool:
+        """A phone call's media stream said who it is (no client-ready on a phone): greet now."""
+        assert self._call is not None
+        try:
+            async with asyncio.timeout(self.deps.settings.client_ready_timeout_secs):
+                await self._call.started.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _greet(self) -> bool:
+        """Greet the caller; False if the session ended instead (a phone stream that never started)."""
+        settings = self.tenant.greeting
+        if self._call is not None:
+            if not await self._stream_started():
+                self._hooks.rejected("idle_timeout", closecodes.IDLE_TIMEOUT)
+                await self.client.close(closecodes.IDLE_TIMEOUT, "the media stream did not start")
+                return False
+        elif settings.after == "bot_ready" and not self._inbox.spoke.is_set():
             try:
                 async with asyncio.timeout(self.deps.settings.client_ready_timeout_secs):
                     await self._inbox.spoke.wait()
@@ -370,22 +424,56 @@ class Session:
         for unavailable in self._voice.unavailable:  # which half of voice is off, and why (non-fatal)
             error = RTVI.Error(data=RTVI.ErrorData(error=unavailable, fatal=False))
             await self.client.send_message(error.model_dump(exclude_none=True))
-        deadline = self._accepted_at + (settings.deadline_secs or self.deps.settings.greeting_deadline_secs)
-        prefetch = self._prefetch or greetings.start_prefetch(self._backend, self.scope, self.tenant)
-        greeting = await greetings.collect(prefetch, settings, deadline)
-        if settings.mode == "llm" and greeting.outcome == "recalled":
-            if await self._greet_with_llm(greeting):
-                return
-            greeting = replace(greeting, source="fallback")
+        if self._prepared is not None:
+            # A phone call's greeting was recalled and synthesised while Twilio connected: it is the
+            # template line (greeting.mode "llm" would put an LLM round trip before the first audio).
+            greeting = await self._prepared.greeting()
+        else:
+            wait = settings.deadline_secs or self.deps.settings.greeting_deadline_secs
+            deadline = self._accepted_at + wait
+            prefetch = self._prefetch or greetings.start_prefetch(self._backend, self.scope, self.tenant)
+            greeting = await greetings.collect(prefetch, settings, deadline)
+            if settings.mode == "llm" and greeting.outcome == "recalled":
+                if await self._greet_with_llm(greeting):
+                    return True
+                greeting = replace(greeting, source="fallback")
         self._greeting = greeting
         self.store.exclude(greeting.text)
         if self._parts is None:
             await self._write_line(greeting.text)
             self.context.add_message({"role": "assistant", "content": greeting.text})
             self._greeted()
+            return True
+        self._greeting_pushed = True
+        self._awaiting_first_audio = self._voice.audio_out
+        prepared = self._prepared
+        if prepared is not None and not (prepared.done and not prepared.has_audio):
+            self._speaking = asyncio.create_task(self._speak_prepared(prepared), name="greeting-speech")
         else:
-            self._greeting_pushed = True
             await self._push_line(greeting.text)
+        return True
+
+    async def _speak_prepared(self, prepared: PreparedGreeting) -> None:
+        """Push the greeting's audio, synthesised ahead, from where the TTS service pushes its own:
+        the output transport paces it and the assistant aggregator adds its text once spoken, as for
+        any reply. A barge-in stops it (what was queued is cleared by Pipecat's interruption)."""
+        assert self._voice.tts is not None and self._greeting is not None
+        tts, context_id = self._voice.tts, prepared.context_id
+        await tts.push_frame(TTSStartedFrame(context_id=context_id))
+        async for audio in prepared.frames():
+            if self._barged_in:
+                return
+            await tts.push_frame(audio)
+        if self._barged_in:
+            return
+        if not prepared.has_audio:  # the synthesis failed before its first audio: say it the usual way
+            await tts.push_frame(TTSStoppedFrame(context_id=context_id))
+            await self._push_line(self._greeting.text)
+            return
+        text = TTSTextFrame(self._greeting.text, text_type=TextType.SENTENCE)
+        text.context_id = context_id
+        for frame in (text, TTSStoppedFrame(context_id=context_id), LLMAssistantPushAggregationFrame()):
+            await tts.push_frame(frame)
 
     async def _greet_with_llm(self, greeting: greetings.Greeting) -> bool:
         """``greeting.mode: llm``: the tenant's LLM writes the greeting from its facts, streamed as the
@@ -473,6 +561,12 @@ class Session:
         if self._greeting_pushed and self._owes_greeting:
             self._greeted()
 
+    def _first_audio(self) -> None:
+        """The greeting's first audio byte was written (voice out): the caller hears it now."""
+        self._awaiting_first_audio = False
+        if self._owes_greeting:
+            self._greeted()
+
     def _greeted(self) -> None:
         self._paid()
         greeting = self._greeting
@@ -507,8 +601,9 @@ class Session:
             store=self.store,
             voice=self._voice,
             on_reply=self._on_reply,
+            rtvi=self._call is None,
         )
-        if self._answer:
+        if self._answer and parts.rtvi is not None:
             parts.rtvi.answered(self._answer)
         self._parts = parts
         await parts.runner.add_workers(parts.worker)
@@ -552,7 +647,9 @@ class Session:
         """The socket ended. A client that said goodbye (or was closed) is gone; one whose network
         dropped may come back with the same token within ``GATEWAY_RESUME_SECS`` (``resume``)."""
         window = self.deps.settings.resume_secs
-        if self.client.dropped and window > 0 and not self._closed and not self._owes_greeting:
+        # A phone stream is never reopened: a dropped one ends the session (and the call).
+        resumable = self._call is None and not self._owes_greeting
+        if self.client.dropped and window > 0 and not self._closed and resumable:
             self.client.detach()
             log.info("session.detached", resume_secs=window)
             self._expiry = asyncio.create_task(self._expire(window), name="resume-window")
@@ -597,6 +694,10 @@ class Session:
         """Stop what still runs, store the last turn's reply (and what was typed but never reached
         the pipeline), and wait (bounded) for this session's memory writes."""
         self._paid()
+        if self._speaking is not None:
+            self._speaking.cancel()
+        if self._prepared is not None:
+            await self._prepared.close()
         if self._expiry is not None:
             self._expiry.cancel()
         if self._prefetch is not None and not self._prefetch.done():
@@ -616,6 +717,8 @@ class Session:
                 log.warning("session.writes_pending")
         except Exception:
             log.exception("session.store_failed")
+        if self._call is not None:
+            await self._call.hang_up()  # a caller is never left on a silent line
         if self._connected and self.store.stored:
             # Off this session's path: one queued job, whose worker may run on any replica.
             await self._backend.request_consolidation(self.scope)

@@ -63,6 +63,8 @@ Sink = Callable[[Frame], Awaitable[None]]
 # What a detached client's session may write meanwhile (held for its return): a reply or two in text.
 HELD_MESSAGES = 256
 HELD_BYTES = 1024 * 1024
+# How far the bot's audio is written ahead of real time (AiohttpWebsocketOutputTransport.write_audio_frame).
+AUDIO_LEAD_SECS = 0.2
 
 
 class TransportHooks:
@@ -89,6 +91,12 @@ class TransportHooks:
 
     def client_message(self, message: dict[str, Any]) -> None:
         """An RTVI message arrived from the client (before anything handles it)."""
+
+    def audio_written(self) -> None:
+        """A chunk of the bot's audio was written (called for every chunk: keep it cheap)."""
+
+    def interrupted(self) -> None:
+        """The bot was interrupted (the user spoke over it): its queued audio is being dropped."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -505,6 +513,7 @@ class AiohttpWebsocketOutputTransport(BaseOutputTransport):
         if isinstance(frame, DeferredMessageFrame):
             self._deferred -= 1
         if isinstance(frame, InterruptionFrame):
+            self._hooks.interrupted()
             await self._write_frame(frame)
             self._next_send_time = 0
 
@@ -549,10 +558,18 @@ class AiohttpWebsocketOutputTransport(BaseOutputTransport):
         )
         if not await self._write_frame(frame):
             return False
+        self._hooks.audio_written()
+        # Real-time pacing, kept AUDIO_LEAD_SECS ahead of what the client has played: enough for a
+        # loop that runs late now and then not to starve its playback, little enough that audio
+        # written is audio about to be heard (an interrupted reply is stored as far as it was spoken,
+        # and a barge-in has little to clear).
         now = asyncio.get_running_loop().time()
-        delay = max(0.0, self._next_send_time - now)
-        await asyncio.sleep(delay)
-        self._next_send_time = (now if delay == 0 else self._next_send_time) + self._send_interval
+        if self._next_send_time < now - AUDIO_LEAD_SECS:  # idle, or fell behind: start ahead again
+            self._next_send_time = now - AUDIO_LEAD_SECS
+        delay = self._next_send_time - now
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self._next_send_time += self._send_interval
         return True
 
     async def _write_frame(self, frame: Frame) -> bool:

@@ -17,8 +17,14 @@ What a voice session would otherwise pay on the event loop before saying a word 
   on that one session (≈0.02 ms per analyzer, no extra memory). Both models are stateless per call
   (Silero's recurrent state is passed in and out of ``run`` and stays per analyzer; smart-turn is a pure
   function of the audio), and ONNX Runtime allows concurrent ``run`` calls on one session, so sharing
-  changes no result. Pipecat has no public hook for it, hence the two small subclasses below;
-  ``tests/test_voice.py`` checks they still score exactly like stock Pipecat's.
+  changes no result. Pipecat has no public hook for it, hence the small subclasses in
+  ``gateway.pipeline.pipecatcompat``; ``tests/test_voice.py`` checks they still score exactly like stock
+  Pipecat's.
+* Every session's VAD windows are scored together, in batches on the event loop
+  (``gateway.pipeline.vad.VADBatcher``): no thread per session, no executor round trip per audio frame.
+  ``GATEWAY_VOICE_ANALYZERS=pipecat`` builds Pipecat's own analyzers per session instead (an ONNX
+  session and a thread each): the voice benchmark's baseline, and a way back should the shared ones
+  ever misbehave.
 
 A missing API key (``api_key_env`` names a variable that is unset) does not refuse the session: the
 client gets an RTVI ``error`` when it connects, that half falls back to text, and the log names the
@@ -41,6 +47,7 @@ from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.services.openai.stt import OpenAISTTService
 from pipecat.services.openai.tts import OpenAITTSService
 from pipecat.transcriptions.language import Language
+from pipecat.turns.user_mute import BaseUserMuteStrategy, MuteUntilFirstBotCompleteUserMuteStrategy
 from pipecat.turns.user_start.transcription_user_turn_start_strategy import TranscriptionUserTurnStartStrategy
 from pipecat.turns.user_start.vad_user_turn_start_strategy import VADUserTurnStartStrategy
 from pipecat.turns.user_stop.base_user_turn_stop_strategy import BaseUserTurnStopStrategy
@@ -49,7 +56,9 @@ from pipecat.turns.user_stop.turn_analyzer_user_turn_stop_strategy import TurnAn
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from gateway.logging import get_logger
-from gateway.pipeline.pipecatcompat import SharedSileroVADAnalyzer, SharedSmartTurnAnalyzer
+from gateway.pipeline.phone import SAMPLE_RATE as PHONE_SAMPLE_RATE
+from gateway.pipeline.pipecatcompat import BatchedSileroVADAnalyzer, SharedSmartTurnAnalyzer
+from gateway.pipeline.vad import VADBatcher
 from gateway.tenants import STTSettings, TenantConfig, TTSSettings
 
 log = get_logger(__name__)
@@ -96,20 +105,40 @@ class VoiceModels:
     """The process's ONNX sessions for voice: each opened on first use, then shared by every session.
 
     Lazy, so a text-only deployment never loads them; the first voice session pays the load once.
+    ``shared=False`` builds Pipecat's own analyzers per session instead (``GATEWAY_VOICE_ANALYZERS``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, shared: bool = True, vad_gather_secs: float = 0.0) -> None:
+        self._shared = shared
+        self._gather = vad_gather_secs
         self._silero: InferenceSession | None = None
         self._smart_turn: LocalSmartTurnAnalyzerV3 | None = None
+        self._batcher: VADBatcher | None = None
 
-    def vad_analyzer(self, params: VADParams | None = None) -> SileroVADAnalyzer:
+    @property
+    def batcher(self) -> VADBatcher | None:
+        """The VAD batcher, once a shared analyzer was built."""
+        return self._batcher
+
+    def load(self) -> None:
+        """Open the VAD model now (blocking: call it off the event loop)."""
         if self._silero is None:
             path = files("pipecat.audio.vad.data").joinpath("silero_vad.onnx")
             # Pipecat's own loader, so the session options (CPU, one thread) stay Pipecat's.
             self._silero = SileroOnnxModel(str(path), force_onnx_cpu=True).session
-        return SharedSileroVADAnalyzer(self._silero, params=params)
+
+    def vad_analyzer(self, params: VADParams | None = None) -> SileroVADAnalyzer:
+        if not self._shared:
+            return SileroVADAnalyzer(params=params)
+        self.load()
+        assert self._silero is not None
+        if self._batcher is None:
+            self._batcher = VADBatcher(self._silero, gather_secs=self._gather)
+        return BatchedSileroVADAnalyzer(self._silero, self._batcher, params=params)
 
     def turn_analyzer(self) -> LocalSmartTurnAnalyzerV3:
+        if not self._shared:
+            return LocalSmartTurnAnalyzerV3()
         if self._smart_turn is None:
             self._smart_turn = LocalSmartTurnAnalyzerV3()
         return SharedSmartTurnAnalyzer(self._smart_turn)
@@ -129,6 +158,8 @@ class Voice:
     audio_out_sample_rate: int = TTS_SAMPLE_RATE
     # What the client is told, as an RTVI error right after bot-ready, about a half left out.
     unavailable: list[str] = field(default_factory=list)
+    # The caller is not heard until the greeting has been spoken (stt.mute_until_greeted).
+    mute_until_greeted: bool = False
 
     @property
     def audio_in(self) -> bool:
@@ -142,6 +173,10 @@ class Voice:
     def input_processors(self) -> list[FrameProcessor]:
         """Between the transport input and the user aggregator."""
         return [self.stt] if self.stt is not None else []
+
+    def mute_strategies(self) -> list[BaseUserMuteStrategy]:
+        """The user aggregator's (Pipecat 1.x's replacement for ``STTMuteFilter``)."""
+        return [MuteUntilFirstBotCompleteUserMuteStrategy()] if self.mute_until_greeted else []
 
 
 def _vad_params(settings: STTSettings) -> VADParams:
@@ -185,9 +220,16 @@ def create_tts(settings: TTSSettings, api_key: str, http_client: DefaultAsyncHtt
     )
 
 
-def build_voice(tenant: TenantConfig, models: VoiceModels, http_client: DefaultAsyncHttpxClient) -> Voice:
-    """The tenant's voice services for one session; a half whose key is missing is left out and reported."""
+def build_voice(
+    tenant: TenantConfig, models: VoiceModels, http_client: DefaultAsyncHttpxClient, *, phone: bool = False
+) -> Voice:
+    """The tenant's voice services for one session; a half whose key is missing is left out and reported.
+
+    ``phone``: the call's 8 kHz both ways (``gateway.pipeline.phone``): the VAD and STT take the caller's
+    audio as it comes, and the output transport resamples the TTS's 24 kHz once."""
     voice = Voice()
+    if phone:
+        voice.audio_in_sample_rate = voice.audio_out_sample_rate = PHONE_SAMPLE_RATE
     if tenant.stt is not None:
         try:
             key = resolve_api_key("stt", tenant.stt)
@@ -197,7 +239,9 @@ def build_voice(tenant: TenantConfig, models: VoiceModels, http_client: DefaultA
         else:
             voice.stt = create_stt(tenant.stt, key, http_client)
             voice.vad_analyzer = models.vad_analyzer(_vad_params(tenant.stt))
-            voice.audio_in_sample_rate = tenant.stt.sample_rate
+            voice.mute_until_greeted = tenant.stt.mute_until_greeted
+            if not phone:
+                voice.audio_in_sample_rate = tenant.stt.sample_rate
             voice.turn_strategies = UserTurnStrategies(
                 start=[VADUserTurnStartStrategy(), TranscriptionUserTurnStartStrategy()],
                 stop=[_stop_strategy(tenant.stt, models)],

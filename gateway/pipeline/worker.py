@@ -13,6 +13,7 @@ import weakref
 from typing import Any, Literal
 
 from pipecat.observers.base_observer import BaseObserver, FrameProcessed, FramePushed, ProcessorSetUp
+from pipecat.observers.user_bot_latency_observer import UserBotLatencyObserver
 from pipecat.pipeline.base_pipeline import BasePipeline
 from pipecat.pipeline.worker import PipelineWorker
 from pipecat.pipeline.worker_observer import WorkerObserver
@@ -27,6 +28,7 @@ from gateway.pipeline.pipecatcompat import (
     replace_worker_observer,
     worker_observers,
 )
+from gateway.pipeline.searchahead import SearchAhead
 
 log = get_logger(__name__)
 
@@ -175,8 +177,15 @@ async def _notify(observer: BaseObserver, event: _Event, data: Any) -> None:
 
 
 # Observers a session's hub calls on the pushing task (``ObserverHub``): they only read the frame and
-# write a client message (RTVI's) or update a metric (ours), never wait.
-INLINE_OBSERVERS: tuple[type[BaseObserver], ...] = (RTVIObserver, SessionMetricsObserver)
+# write a client message (RTVI's), update a metric (ours, Pipecat's user→bot latency) or start a task
+# (a search ahead), never wait. A voice session's frames are mostly 20 ms of audio: queued, each would
+# wake the hub's task once more.
+INLINE_OBSERVERS: tuple[type[BaseObserver], ...] = (
+    RTVIObserver,
+    SessionMetricsObserver,
+    SearchAhead,
+    UserBotLatencyObserver,
+)
 
 
 class SessionWorker(PipelineWorker):

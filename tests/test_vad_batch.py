@@ -1,0 +1,85 @@
+"""Every session's VAD scored in batches on the event loop (``gateway/pipeline/vad.py``), against
+Pipecat's own ``SileroVADAnalyzer`` (an ONNX session and a thread per analyzer) on real speech."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+
+import pytest
+from pipecat.audio.vad.silero import SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADState
+
+from gateway.pipeline.voice import VoiceModels
+from tests.speech import espeak, silence
+
+SENTENCE = "Hello, I would like to book a table for two tonight please."
+
+
+def call(rate: int) -> bytes:
+    """Silence, a sentence, a pause, the sentence again, silence: starts and stops to detect."""
+    said = espeak(SENTENCE, rate)
+    return silence(1.0, rate) + said + silence(1.5, rate) + said + silence(1.0, rate)
+
+
+async def states(analyzers: list[VADAnalyzer], streams: list[bytes], chunk: int) -> list[list[VADState]]:
+    """Feed every stream its 20 ms frames together, as concurrent sessions do; each one's states."""
+    seen: list[list[VADState]] = [[] for _ in analyzers]
+    for offset in range(0, max(len(s) for s in streams), chunk):
+        live = [i for i, stream in enumerate(streams) if offset < len(stream)]
+        results = await asyncio.gather(
+            *(analyzers[i].analyze_audio(streams[i][offset : offset + chunk]) for i in live)
+        )
+        for i, state in zip(live, results, strict=True):
+            seen[i].append(state)
+    return seen
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+async def test_batched_sessions_reach_exactly_the_states_pipecats_own_analyzers_reach(rate: int) -> None:
+    chunk = rate // 50 * 2
+    audio = call(rate)
+    # Four callers out of step with one another (each starts 70 ms later), so windows complete at
+    # different frames and batches mix streams in different states.
+    streams = [audio[i * 7 * chunk // 2 :] for i in range(4)]
+    stock: list[VADAnalyzer] = [SileroVADAnalyzer() for _ in streams]
+    models = VoiceModels()
+    ours: list[VADAnalyzer] = [models.vad_analyzer() for _ in streams]
+    for analyzer in (*stock, *ours):
+        analyzer.set_sample_rate(rate)
+
+    expected = await states(stock, streams, chunk)
+    got = await states(ours, streams, chunk)
+
+    assert got == expected
+    for per_stream in expected:  # the speech was heard, twice, and ended
+        starts = sum(1 for a, b in itertools.pairwise(per_stream) if b == VADState.SPEAKING != a)
+        assert starts >= 2 and per_stream[-1] == VADState.QUIET
+    batcher = models.batcher
+    assert batcher is not None
+    assert batcher.batches < batcher.windows  # windows of concurrent sessions shared ONNX runs
+    for analyzer in (*stock, *ours):
+        await analyzer.cleanup()
+
+
+async def test_a_batched_analyzer_hands_no_frame_to_a_thread() -> None:
+    models = VoiceModels()
+    analyzer = models.vad_analyzer()
+    analyzer.set_sample_rate(16000)
+    threads = threading.active_count()
+    audio = call(16000)
+    for offset in range(0, len(audio), 640):
+        await analyzer.analyze_audio(audio[offset : offset + 640])
+    assert threading.active_count() == threads
+    assert not analyzer._executor._threads  # Pipecat's per-analyzer executor never started a thread
+    await analyzer.cleanup()
+
+
+def test_pipecat_analyzers_per_session_when_asked() -> None:
+    """``GATEWAY_VOICE_ANALYZERS=pipecat``: stock analyzers, each on an ONNX session of its own."""
+    models = VoiceModels(shared=False)
+    first, second = models.vad_analyzer(), models.vad_analyzer()
+    assert type(first) is SileroVADAnalyzer
+    assert first._model.session is not second._model.session
+    assert models.batcher is None

@@ -67,7 +67,10 @@ async def test_the_greeting_is_synthesised_before_the_stream_opens_and_heard_as_
     assert call.heard_seconds() == pytest.approx(expected, abs=0.06)
     assert len(fake_audio.speeches) == before + 1  # synthesised once, never again through the pipeline
     tenant = gateway.tenant
-    assert gateway.sample("gateway_greeting_seconds_count", tenant=tenant, memories="none") == 1
+    assert (
+        gateway.sample("gateway_greeting_seconds_count", tenant=tenant, memories="none", source="template")
+        == 1
+    )
     assert gateway.sample("gateway_ttfb_seconds_count", tenant=tenant, service="tts") >= 1
     assert gateway.sample("gateway_vad_wait_seconds") > 0  # the caller's audio went through the VAD
     await call.hang_up()
@@ -106,7 +109,12 @@ async def test_a_returning_callers_greeting_names_what_they_said_last_time(
     assert "nice to meet you" in (await spoken(fake_audio, before, "")).text
     await stranger.hang_up()
     await gateway.settle()
-    assert gateway.sample("gateway_greeting_seconds_count", tenant=gateway.tenant, memories="recalled") == 1
+    assert (
+        gateway.sample(
+            "gateway_greeting_seconds_count", tenant=gateway.tenant, memories="recalled", source="template"
+        )
+        == 1
+    )
 
 
 async def test_a_call_the_gateway_ends_is_hung_up_through_twilios_api_and_one_the_caller_ends_is_not(

@@ -139,7 +139,9 @@ async def _deps_ctx(app: web.Application) -> AsyncIterator[None]:
     http_client = create_http_client(settings.llm_timeout_secs)
     metrics = app[metrics_key]
     voice_models = VoiceModels(
-        shared=settings.voice_analyzers == "shared", vad_gather_secs=settings.vad_batch_secs
+        shared=settings.voice_analyzers == "shared",
+        vad_gather_secs=settings.vad_batch_secs,
+        vad_min_streams=settings.vad_batch_min_streams,
     )
     deps = app[deps_key] = SessionDeps(
         settings=settings,

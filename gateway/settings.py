@@ -115,8 +115,17 @@ class Settings(BaseSettings):
         ge=0,
         le=0.05,
         description="how long a caller's completed 32 ms VAD window may wait for other sessions' to be "
-        "scored with it in one ONNX run (gateway.pipeline.vad): at 30 calls 8 ms makes batches of ≈10 "
-        "and takes the gateway from ≈71 to ≈56 % of a core; 0 = the next loop iteration",
+        "scored with it in one ONNX run (gateway.pipeline.vad) while vad_batch_min_streams sessions "
+        "stream audio: at 30 calls 8 ms makes batches of ≈10 and takes the gateway from ≈71 to ≈56 % "
+        "of a core; 0 = always the next loop iteration",
+    )
+    vad_batch_min_streams: int = Field(
+        default=16,
+        ge=0,
+        le=10_000,
+        description="sessions streaming audio (estimated from the last second's VAD windows) from which "
+        "a window waits vad_batch_secs for others; below, it is scored on the next loop iteration, as "
+        "a wait only delays the VAD's verdict when there is nothing to batch with (0: always wait)",
     )
     memory_workers: int = Field(default=8, ge=1, le=256)
     memory_call_timeout_secs: float = Field(default=10.0, gt=0)

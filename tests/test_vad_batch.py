@@ -83,3 +83,40 @@ def test_pipecat_analyzers_per_session_when_asked() -> None:
     assert type(first) is SileroVADAnalyzer
     assert first._model.session is not second._model.session
     assert models.batcher is None
+
+
+async def next_iterations(n: int = 3) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_a_window_waits_for_others_only_while_enough_sessions_stream() -> None:
+    """Below ``GATEWAY_VAD_BATCH_MIN_STREAMS`` a window is scored on the next loop iteration (a wait
+    would only delay the verdict); once the last second's windows say that many sessions stream, a
+    window waits ``GATEWAY_VAD_BATCH_SECS`` and another session's window joins its batch."""
+    models = VoiceModels(vad_gather_secs=0.3, vad_min_streams=1)
+    analyzers = [models.vad_analyzer() for _ in range(2)]
+    batcher = models.batcher
+    assert batcher is not None
+    window = silence(0.032, 16000)
+    loop = asyncio.get_running_loop()
+
+    # The first second: no rate known yet, so no window waits for company.
+    started = loop.time()
+    for _ in range(40):
+        alone = asyncio.ensure_future(batcher.score(analyzers[0]._model, window, 16000))
+        await next_iterations()
+        assert alone.done()
+    assert batcher.batches == 40
+    await asyncio.sleep(max(0.0, 1.05 - (loop.time() - started)))
+
+    # 40 windows in that second: more than one stream's 31.25. Now a window waits, and the other
+    # session's window goes into the same ONNX run.
+    first = asyncio.ensure_future(batcher.score(analyzers[0]._model, window, 16000))
+    await next_iterations()
+    assert not first.done()
+    second = asyncio.ensure_future(batcher.score(analyzers[1]._model, window, 16000))
+    await asyncio.wait_for(asyncio.gather(first, second), timeout=5)
+    assert (batcher.batches, batcher.windows) == (41, 42)
+    for analyzer in analyzers:
+        await analyzer.cleanup()

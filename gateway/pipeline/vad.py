@@ -7,12 +7,16 @@ every session wait behind them (a profile in pipecat #3218 found it eating most 
 
 * a frame that completes no 32 ms window is answered at once, on the event loop, with the VAD state
   the session already has (``pipecatcompat.BatchedSileroVADAnalyzer``);
-* a completed window joins a batch; the batch is scored in one ONNX run ``gather_secs`` later
-  (``GATEWAY_VAD_BATCH_SECS``, 8 ms; 0 = the next loop iteration), on the event loop: a window costs
-  ≈35 µs at 8 kHz and ≈60 µs at 16 kHz in a batch of 16 against ≈110 µs alone (measured on this
-  machine), and no thread is involved. At 30 concurrent calls 8 ms makes batches of ≈10 and took the
-  gateway from ≈71 % to ≈56 % of its core (``bench/scenarios/voice_capacity.py``); a window's verdict
-  is up to that much later, against the VAD's own 200 ms stop delay;
+* a completed window joins a batch; the batch is scored in one ONNX run on the event loop: a window
+  costs ≈35 µs at 8 kHz and ≈60 µs at 16 kHz in a batch of 16 against ≈110 µs alone (measured on this
+  machine), and no thread is involved;
+* the batch runs on the next loop iteration, or — while at least ``min_streams`` sessions stream audio
+  (``GATEWAY_VAD_BATCH_MIN_STREAMS``, 16) — ``gather_secs`` after its first window
+  (``GATEWAY_VAD_BATCH_SECS``, 8 ms) so that more join it. Waiting pays only under load: at 30 calls
+  8 ms makes batches of ≈10 and took the gateway from ≈71 % to ≈56 % of its core, but at one call it
+  only delays each window, and the VAD's stop verdict needs six in a row: end of speech → first audio
+  p50 389 ms with the wait against 364 ms without, stock Pipecat 374 ms
+  (``bench/scenarios/voice_capacity.py``, one call, 60 s each);
 * each session's recurrent state stays its own (``pipecatcompat.score_silero_batch``), so a session
   gets exactly the confidences it would get alone (``tests/test_vad_batch.py`` compares them).
 
@@ -35,6 +39,7 @@ from gateway.pipeline.pipecatcompat import score_silero_batch, silero_window_sam
 log = get_logger(__name__)
 
 _Item = tuple[SileroOnnxModel, bytes, "asyncio.Future[float]", float]
+WINDOW_SECS = 0.032  # Silero's window: 256 samples at 8 kHz, 512 at 16 kHz
 
 
 class VADBatcher:
@@ -49,11 +54,17 @@ class VADBatcher:
         session: InferenceSession,
         *,
         gather_secs: float = 0.0,
+        min_streams: int = 0,
         max_batch: int = 64,
     ) -> None:
         self._session = session
         self._gather = gather_secs
         self._max_batch = max_batch
+        # Streams, from the windows of the last whole second: a stream completes one every 32 ms.
+        self._min_rate = min_streams / WINDOW_SECS
+        self._rate = 0.0
+        self._counted_since = 0.0
+        self._counted = 0
         self._pending: dict[int, list[_Item]] = {}
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self.wait = WindowedMax(10.0)
@@ -65,15 +76,25 @@ class VADBatcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[float] = loop.create_future()
         pending = self._pending.setdefault(sample_rate, [])
-        pending.append((model, window, future, loop.time()))
+        now = loop.time()
+        pending.append((model, window, future, now))
         if len(pending) >= self._max_batch:
             self._run(sample_rate, pending)
             self._pending[sample_rate] = []
-        elif self._timer is None and self._gather > 0:
+        elif self._timer is None and self._gather > 0 and self._busy(now):
             self._timer = loop.call_later(self._gather, self._run_all)
         elif self._timer is None:
             self._timer = loop.call_soon(self._run_all)
         return await future
+
+    def _busy(self, now: float) -> bool:
+        """Enough sessions stream audio for a wait to gather a batch worth it."""
+        self._counted += 1
+        elapsed = now - self._counted_since
+        if elapsed >= 1.0:
+            self._rate = self._counted / elapsed
+            self._counted_since, self._counted = now, 0
+        return self._rate >= self._min_rate
 
     def _run_all(self) -> None:
         self._timer = None

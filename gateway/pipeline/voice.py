@@ -108,9 +108,12 @@ class VoiceModels:
     ``shared=False`` builds Pipecat's own analyzers per session instead (``GATEWAY_VOICE_ANALYZERS``).
     """
 
-    def __init__(self, *, shared: bool = True, vad_gather_secs: float = 0.0) -> None:
+    def __init__(
+        self, *, shared: bool = True, vad_gather_secs: float = 0.0, vad_min_streams: int = 0
+    ) -> None:
         self._shared = shared
         self._gather = vad_gather_secs
+        self._min_streams = vad_min_streams
         self._silero: InferenceSession | None = None
         self._smart_turn: LocalSmartTurnAnalyzerV3 | None = None
         self._batcher: VADBatcher | None = None
@@ -133,7 +136,7 @@ class VoiceModels:
         self.load()
         assert self._silero is not None
         if self._batcher is None:
-            self._batcher = VADBatcher(self._silero, gather_secs=self._gather)
+            self._batcher = VADBatcher(self._silero, gather_secs=self._gather, min_streams=self._min_streams)
         return BatchedSileroVADAnalyzer(self._silero, self._batcher, params=params)
 
     def turn_analyzer(self) -> LocalSmartTurnAnalyzerV3:

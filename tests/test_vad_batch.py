@@ -92,31 +92,43 @@ async def next_iterations(n: int = 3) -> None:
 
 async def test_a_window_waits_for_others_only_while_enough_sessions_stream() -> None:
     """Below ``GATEWAY_VAD_BATCH_MIN_STREAMS`` a window is scored on the next loop iteration (a wait
-    would only delay the verdict); once the last second's windows say that many sessions stream, a
-    window waits ``GATEWAY_VAD_BATCH_SECS`` and another session's window joins its batch."""
-    models = VoiceModels(vad_gather_secs=0.3, vad_min_streams=1)
-    analyzers = [models.vad_analyzer() for _ in range(2)]
+    would only delay the verdict); while the last second's windows say that many sessions stream, a
+    window waits ``GATEWAY_VAD_BATCH_SECS`` and other sessions' windows join its batch — and those
+    count as streaming too, so the waits go on for as long as the load does."""
+    models = VoiceModels(vad_gather_secs=0.3, vad_min_streams=1)  # one stream: 31.25 windows a second
+    analyzers = [models.vad_analyzer() for _ in range(40)]
     batcher = models.batcher
     assert batcher is not None
     window = silence(0.032, 16000)
     loop = asyncio.get_running_loop()
 
+    def score(analyzer: VADAnalyzer) -> asyncio.Future[float]:
+        assert isinstance(analyzer, SileroVADAnalyzer)
+        return asyncio.ensure_future(batcher.score(analyzer._model, window, 16000))
+
     # The first second: no rate known yet, so no window waits for company.
     started = loop.time()
     for _ in range(40):
-        alone = asyncio.ensure_future(batcher.score(analyzers[0]._model, window, 16000))
+        alone = score(analyzers[0])
         await next_iterations()
         assert alone.done()
     assert batcher.batches == 40
     await asyncio.sleep(max(0.0, 1.05 - (loop.time() - started)))
 
-    # 40 windows in that second: more than one stream's 31.25. Now a window waits, and the other
-    # session's window goes into the same ONNX run.
-    first = asyncio.ensure_future(batcher.score(analyzers[0]._model, window, 16000))
+    # 40 windows in that second, more than one stream's 31.25: a window now waits, and every other
+    # session's window scored meanwhile goes into the same ONNX run. A second of that...
+    started = loop.time()
+    while loop.time() - started < 1.05:
+        first = score(analyzers[0])
+        await next_iterations()
+        assert not first.done()
+        await asyncio.wait_for(asyncio.gather(first, *(score(a) for a in analyzers[1:])), timeout=5)
+    assert batcher.windows == 40 + 40 * (batcher.batches - 40)
+
+    # ...is 40 windows a batch, three or four batches a second: still busy, the next window waits.
+    last = score(analyzers[0])
     await next_iterations()
-    assert not first.done()
-    second = asyncio.ensure_future(batcher.score(analyzers[1]._model, window, 16000))
-    await asyncio.wait_for(asyncio.gather(first, second), timeout=5)
-    assert (batcher.batches, batcher.windows) == (41, 42)
+    assert not last.done()
+    await asyncio.wait_for(last, timeout=5)
     for analyzer in analyzers:
         await analyzer.cleanup()

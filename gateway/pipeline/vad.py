@@ -78,17 +78,19 @@ class VADBatcher:
         pending = self._pending.setdefault(sample_rate, [])
         now = loop.time()
         pending.append((model, window, future, now))
+        busy = self._count(now)  # every window counts, whether it opens a batch or joins one
         if len(pending) >= self._max_batch:
             self._run(sample_rate, pending)
             self._pending[sample_rate] = []
-        elif self._timer is None and self._gather > 0 and self._busy(now):
+        elif self._timer is None and self._gather > 0 and busy:
             self._timer = loop.call_later(self._gather, self._run_all)
         elif self._timer is None:
             self._timer = loop.call_soon(self._run_all)
         return await future
 
-    def _busy(self, now: float) -> bool:
-        """Enough sessions stream audio for a wait to gather a batch worth it."""
+    def _count(self, now: float) -> bool:
+        """Count a window; True while enough sessions stream audio for a wait to gather a batch
+        worth it."""
         self._counted += 1
         elapsed = now - self._counted_since
         if elapsed >= 1.0:

@@ -283,9 +283,12 @@ def consolidate(client: Memory, job: Job, settings: ConsolidationSettings, start
     llm_calls = 0
     if messages:
         llm_calls += 1
-        mem0compat.run_writing(
-            started_at, job.scope, lambda: client.add(messages, metadata=metadata, infer=True, **job.scope)
-        )
+
+        def extract() -> Any:
+            with pgvector.facts_only():  # the turns being consolidated are no known facts
+                return client.add(messages, metadata=metadata, infer=True, **job.scope)
+
+        mem0compat.run_writing(started_at, job.scope, extract)
     with store.connection_pool.connection() as conn:
         # What this run (or an earlier attempt of it) actually inserted: mem0 reports IDs even for
         # rows the idempotency index skipped.

@@ -39,6 +39,7 @@ import json
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -118,6 +119,27 @@ def _visible(
 # audit, and a turn consolidation turned into facts stays too, but neither is recalled. Rows of tenants
 # that do not consolidate carry neither key.
 CURRENT = "NOT (payload ? 'superseded_at' OR payload ? 'consolidated_at')"
+# A raw turn (a row with a ``role``), left out of mem0's searches inside ``facts_only()``.
+FACT = "NOT payload ? 'role'"
+_FACTS_ONLY: ContextVar[bool] = ContextVar("facts_only", default=False)
+
+
+@contextmanager
+def facts_only() -> Iterator[None]:
+    """mem0's searches in this block (this thread) see the scope's facts, not its raw turns.
+
+    Consolidation's ``add(infer=True)`` first searches what the user's memory already holds: mem0
+    shows those to the model as known and skips any extracted fact whose text one of them has (an
+    exact hash). A raw turn among them makes mem0 drop a fact the model quoted word for word from
+    that very turn — which consolidation then hides as consolidated: the memory would be lost.
+    """
+    token = _FACTS_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _FACTS_ONLY.reset(token)
+
+
 # mem0's ``expiration_date`` (an ISO date): a row past it is never returned (mem0's ``_payload_is_expired``).
 UNEXPIRED = "coalesce(payload->>'expiration_date', '') = '' OR payload->>'expiration_date' >= %s"
 
@@ -426,10 +448,13 @@ class IndexedPGVector(mem0compat.PGVectorBase):
         filters: dict[str, Any] | None = None,
     ) -> list[OutputData]:
         """mem0's vector search (mem0's ``Memory.search`` and ``add(infer=True)`` call it): exact within
-        the filters, leaving out what retention expired and what was superseded."""
+        the filters, leaving out what retention expired and what was superseded (and raw turns inside
+        ``facts_only()``)."""
         self.ensure_collection()
         scoped = bool(mem0compat.build_filter_conditions(filters)[0])
         where, params = _visible(filters, self.retention, current=True)
+        if _FACTS_ONLY.get():
+            where = f"{where} AND ({FACT})"
         query_vector = _as_vector(vectors)
         with self.cursor() as cur:
             if scoped:

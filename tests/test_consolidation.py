@@ -115,6 +115,22 @@ async def test_a_session_is_stored_raw_then_consolidated_into_facts(
     ), greeting
 
 
+async def test_a_fact_the_model_quotes_word_for_word_is_kept_as_a_fact_not_lost_with_its_turn(
+    consolidating: RunningGateway, extractor: FakeExtractionLLM
+) -> None:
+    """mem0 skips an extracted fact whose text some memory it found already has (an exact hash); the
+    raw turn it was quoted from must not count as that memory, or the turn is hidden as consolidated
+    and the fact never stored."""
+    gateway = consolidating
+    extractor.verbatim = True
+    await _session(gateway, "ada", "I live in Lyon")
+    await _consolidated(gateway, 1)
+
+    rows = _rows(gateway, "ada")
+    assert [r["data"] for r in rows if "role" not in r] == ["I live in Lyon"]
+    assert "live in Lyon" in await _session(gateway, "ada")
+
+
 async def test_a_contradicted_fact_is_superseded_never_greeted_or_searched_and_kept_until_erasure(
     consolidating: RunningGateway, extractor: FakeExtractionLLM
 ) -> None:

@@ -18,9 +18,9 @@ pipeline — queue, extraction plumbing, decisions applied, what is read back �
 
 Reported per mode: greeting recall (the greeting names at least one current fact), staleness (it names
 a superseded one: an old value outside "from <old>"), duplicate rate (a current value named twice);
-per-turn search recall@5 over the questions (the store's search as it is: vector-only, exact within the
-user's scope) and stale@5 (a superseded statement in the top 5); consolidation cost (LLM calls and
-seconds per session); the hot path: greeting and turn latency p50 in both modes.
+per-turn search recall@5 over the questions (the store's per-turn search as the tenant has it, exact
+within the user's scope) and stale@5 (a superseded statement in the top 5); consolidation cost (LLM
+calls and seconds per session); the hot path: greeting and turn latency p50 in both modes.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ async def _converse(
 async def _mode(
     ctx: BenchContext, label: str, users: list[User], extractor: Any, consolidate: bool
 ) -> dict[str, Any]:
-    from gateway.keys import backends_key
+    from gateway.keys import backends_key, tenants_key
     from memory import consolidation
     from memory.scope import MemoryScope
 
@@ -272,6 +272,7 @@ async def _mode(
             "gateway_memory_facts_total", {"tenant": tenant, "event": "superseded"}
         )
         added = metrics.get_sample_value("gateway_memory_facts_total", {"tenant": tenant, "event": "added"})
+        search_mode = gw.app[tenants_key].require(tenant).memory.search_mode
     n = len(users)
     return {
         "mode": label,
@@ -282,7 +283,7 @@ async def _mode(
         "duplicate_rate": round(dup / n, 3),
         "search_recall_at_5": round(hits / questions, 3),
         "stale_at_5": round(stale5 / questions, 3),
-        "search_mode": "vector (WordLlama, exact within scope)",
+        "search_mode": search_mode,
         "llm_calls_per_session": round(llm_calls / sessions, 2) if consolidate else 0.0,
         "consolidation_s_per_job": round(job_secs / jobs, 4) if jobs else 0.0,
         "jobs": int(jobs),
@@ -317,8 +318,8 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         f"{sum(len(s) for u in users for s in u.superseded.values())} facts changed over the script.",
         "The extraction LLM is a local fake (tests/fake_extraction.py) that answers mem0's real "
         "extraction prompt and our supersede prompt by rules: this measures the pipeline, not a model.",
-        "Search is the store's as it is on this branch: vector-only (WordLlama 256-d), exact within the "
-        "user's scope; the hybrid (full-text + vector) search is another change.",
+        f"Search is the store's per-turn search as the tenant has it (search_mode {raw['search_mode']}), "
+        "exact within the user's scope.",
         "Hot path: greeting_p50_ms is WebSocket connect → greeting; turn_p50/p95_ms send-text → reply, "
         "both measured while the script ran (consolidation jobs ran beside the consolidated mode's turns).",
     ]

@@ -349,7 +349,7 @@ class CountingProxy:
                     outcome = "answered"
         self.count(f"{kind}_{outcome}")
         if self.answers is not None:
-            asked = user.split("## New Messages", 1)[-1][:600] if kind == "extract" else user[:600]
+            asked = user.split("## New Messages", 1)[-1][:4000] if kind == "extract" else user[:4000]
             line = {"kind": kind, "outcome": outcome, "status": status, "asked": asked, "answer": content}
             with self.answers.open("a") as f:
                 f.write(json.dumps(line, ensure_ascii=False) + "\n")

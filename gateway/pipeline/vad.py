@@ -46,7 +46,9 @@ class VADBatcher:
     """Scores Silero windows of many sessions together (``score`` is what each session awaits).
 
     Windows are grouped by sample rate (one ONNX run takes one rate); a batch is run once
-    ``max_batch`` windows wait or ``gather_secs`` after its first, whichever comes first.
+    ``max_batch`` windows wait or ``gather_secs`` after its first, whichever comes first — or on the
+    next loop iteration while fewer than ``min_streams`` sessions stream (from the windows counted
+    over the last whole second).
     """
 
     def __init__(
